@@ -1,0 +1,30 @@
+"""Exceptions the library raises; the CLI maps them to messages and exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class RakiError(Exception):
+    """Base of every error the library raises on purpose (bad input, not bugs)."""
+
+
+class InvalidScanError(RakiError, ValueError):
+    """The k-space, mask or ACS of a scan cannot be reconstructed as given."""
+
+
+class FileFormatError(RakiError):
+    """A file is missing, corrupt, truncated or not in a format we read.
+
+    The message always names the file (by its base name, never the directory, which may
+    carry patient names) and says what is wrong, on one line.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path.name}: {reason}")
+
+
+class IncompatibleWeightsError(RakiError, ValueError):
+    """Saved networks or kernels do not fit the scan they are applied to."""
