@@ -1,3 +1,3 @@
-"""raki: scan-specific neural MRI reconstruction (RAKI, GRAPPA) as a library, free of CLI and cloud."""
+"""raki: scan-specific neural MRI reconstruction (RAKI, GRAPPA), a library free of CLI and cloud."""
 
 __version__ = "0.1.0"

@@ -128,7 +128,9 @@ def describe_sampling(mask: np.ndarray) -> SamplingPattern:
     """Acceleration, ACS block and regularity of a ky mask."""
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 1 or mask.size == 0:
-        raise InvalidScanError(f"sampling mask must be a non-empty 1D ky mask, got shape {mask.shape}")
+        raise InvalidScanError(
+            f"sampling mask must be a non-empty 1D ky mask, got shape {mask.shape}"
+        )
     if not mask.any():
         raise InvalidScanError("sampling mask is empty: no ky line is acquired")
     acs = find_acs(mask)

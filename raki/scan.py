@@ -172,7 +172,7 @@ class Scan:
         return is_equispaced(self.sampled, self.acs, self.acceleration)
 
     def acs_kspace(self) -> np.ndarray:
-        """The calibration block [slice, coil, kx, acs lines]; the whole k-space if fully sampled."""
+        """The calibration block [slice, coil, kx, acs lines]; all of k-space if fully sampled."""
         if self.acs is None:
             if self.is_fully_sampled:
                 return self.kspace
