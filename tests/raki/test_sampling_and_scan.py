@@ -1,0 +1,82 @@
+"""Masks, inference of R and ACS, and the Scan's validation."""
+
+import numpy as np
+import pytest
+
+from raki.errors import InvalidScanError
+from raki.sampling import (
+    AcsBlock,
+    centred_acs_block,
+    describe_sampling,
+    equispaced_mask,
+    undersample,
+)
+from raki.scan import Identifiers, Scan
+
+
+@pytest.mark.parametrize("lines, accel, acs", [(168, 4, 32), (96, 3, 24), (64, 5, 17), (40, 2, 10)])
+def test_equispaced_mask_is_inferred_back(lines, accel, acs):
+    mask = equispaced_mask(lines, accel, acs)
+    assert mask[lines // 2]
+    block = centred_acs_block(lines, acs)
+    assert mask[block.as_slice()].all()
+    pattern = describe_sampling(mask)
+    assert pattern.acceleration == accel
+    assert pattern.equispaced
+    assert block.start >= pattern.acs.start and block.stop <= pattern.acs.stop
+
+
+def test_a_block_with_nothing_around_it_is_not_accelerated():
+    mask = np.zeros(256, bool)
+    mask[44:212] = True
+    pattern = describe_sampling(mask)
+    assert pattern.acceleration == 1 and pattern.sampled_lines == 168
+
+
+def test_undersample_zeroes_skipped_lines():
+    kspace = np.ones((1, 2, 4, 8), np.complex64)
+    mask = equispaced_mask(8, 2, 2)
+    out = undersample(kspace, mask)
+    assert (out[..., ~mask] == 0).all() and (out[..., mask] == 1).all()
+
+
+def _kspace(shape=(1, 2, 8, 16)):
+    return np.ones(shape, np.complex64)
+
+
+def test_scan_from_zero_lines_infers_sampling():
+    mask = equispaced_mask(16, 2, 6)
+    scan = Scan.from_kspace(_kspace() * mask)
+    assert scan.acceleration == 2 and scan.acs is not None and scan.sampled.sum() == mask.sum()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"kspace": np.ones((2, 8, 16), np.complex64)}, "4 axes"),
+        ({"kspace": np.ones((1, 2, 8, 16), np.float32)}, "complex"),
+        ({"kspace": np.full((1, 2, 8, 16), np.nan, np.complex64)}, "NaN"),
+        ({"sampled": np.zeros(16, bool)}, "empty"),
+        ({"sampled": np.ones(15, bool)}, "ky axis"),
+        ({"acs": AcsBlock(6, 8), "acceleration": 4}, "too small"),
+        ({"acs": AcsBlock(10, 20)}, "outside"),
+    ],
+)
+def test_scan_validation_errors(kwargs, message):
+    fields = {"kspace": _kspace(), "sampled": np.ones(16, bool), "acs": None, "acceleration": 1}
+    fields.update(kwargs)
+    with pytest.raises(InvalidScanError, match=message):
+        Scan(**fields)
+
+
+def test_mask_that_skips_acs_lines_is_inconsistent():
+    mask = np.ones(16, bool)
+    mask[7] = False
+    with pytest.raises(InvalidScanError, match="inside the ACS"):
+        Scan(kspace=_kspace(), sampled=mask, acs=AcsBlock(4, 12), acceleration=2)
+
+
+def test_identifiers_are_kept_apart_and_stripped():
+    scan = Scan.from_kspace(_kspace(), identifiers=Identifiers(patient_name="DOE^JANE"))
+    assert "DOE" not in repr(scan.summary())
+    assert scan.deidentified().identifiers.is_empty
