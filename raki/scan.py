@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raki.errors import InvalidScanError
-from raki.sampling import AcsBlock, describe_sampling, is_equispaced
+from raki.sampling import (
+    AcsBlock,
+    centred_acs_block,
+    describe_sampling,
+    equispaced_mask,
+    is_equispaced,
+    undersample,
+)
 
 Vector3 = tuple[float, float, float]
 
@@ -182,6 +189,25 @@ class Scan:
     def replace(self, **changes: object) -> Scan:
         """A copy with some fields changed, validated again."""
         return dataclasses.replace(self, **changes)
+
+    def undersampled(self, acceleration: int, acs_lines: int) -> Scan:
+        """This fully sampled scan retrospectively undersampled: every R-th line plus a centred ACS.
+
+        The ACS block is exactly `acs_lines` long even where a lattice line touches it.
+        """
+        if not self.is_fully_sampled:
+            raise InvalidScanError(
+                f"only a fully sampled scan can be undersampled retrospectively; this one has "
+                f"{int(self.sampled.sum())} of {self.sampled.size} ky lines"
+            )
+        num_lines = self.matrix[1]
+        mask = equispaced_mask(num_lines, acceleration, acs_lines)
+        return self.replace(
+            kspace=undersample(self.kspace, mask),
+            sampled=mask,
+            acs=centred_acs_block(num_lines, acs_lines) if acs_lines > 0 else None,
+            acceleration=acceleration,
+        )
 
     def deidentified(self) -> Scan:
         """The same scan without patient or study identifiers."""

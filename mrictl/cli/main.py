@@ -1,0 +1,117 @@
+"""The `mrictl` command: sub-commands are registered here; errors become one line + exit code."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from mrictl import __version__
+from mrictl.cli import scan
+from mrictl.errors import ExitCode, MrictlError
+from mrictl.output import to_json
+from raki.errors import FileFormatError, IncompatibleWeightsError, InvalidScanError, RakiError
+
+log = logging.getLogger("mrictl")
+
+
+def exit_code_for(error: BaseException) -> ExitCode:
+    """The documented exit code of an error the library or the product raised."""
+    if isinstance(error, MrictlError):
+        return error.exit_code
+    if isinstance(error, IncompatibleWeightsError):
+        return ExitCode.CONFLICT
+    if isinstance(error, FileFormatError | InvalidScanError | RakiError):
+        return ExitCode.BAD_INPUT
+    if isinstance(error, FileNotFoundError):
+        return ExitCode.NOT_FOUND
+    return ExitCode.INTERNAL
+
+
+def message_for(error: BaseException) -> str:
+    """One line, never a traceback, never a directory path (it may name a patient)."""
+    if isinstance(error, MrictlError | RakiError):
+        text = str(error)
+    elif isinstance(error, FileNotFoundError):
+        name = os.path.basename(str(error.filename)) if error.filename else "file"
+        text = f"{name}: no such file"
+    elif isinstance(error, PermissionError):
+        name = os.path.basename(str(error.filename)) if error.filename else "file"
+        text = f"{name}: permission denied"
+    else:
+        text = f"internal error ({type(error).__name__}); set MRICTL_DEBUG=1 for a traceback"
+    return " ".join(text.split())
+
+
+def report_error(error: BaseException, json_mode: bool) -> ExitCode:
+    code = exit_code_for(error)
+    message = message_for(error)
+    if json_mode:
+        sys.stdout.write(to_json({"error": {"code": int(code), "message": message}}) + "\n")
+    sys.stderr.write(f"error: {message}\n")
+    return code
+
+
+class MrictlGroup(TyperGroup):
+    """Runs a command and turns every failure into one line on stderr and its exit code."""
+
+    def main(self, args: Any = None, *pargs: Any, **kwargs: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        try:
+            return super().main(argv, *pargs, **kwargs)
+        except (MrictlError, RakiError, OSError) as error:
+            if os.environ.get("MRICTL_DEBUG"):
+                raise
+            sys.exit(report_error(error, "--json" in argv))
+        except Exception as error:
+            if os.environ.get("MRICTL_DEBUG"):
+                raise
+            log.debug("internal error", exc_info=True)
+            sys.exit(report_error(error, "--json" in argv))
+
+
+app = typer.Typer(
+    cls=MrictlGroup,
+    help="Scan-specific neural MRI reconstruction (RAKI) from the scanner to the cloud.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+app.add_typer(scan.app, name="scan")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mrictl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Show version."),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log details to stderr.")
+    ] = False,
+) -> None:
+    """mrictl: RAKI reconstruction for MR technologists, researchers and hospital IT."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except typer.Abort:
+        sys.exit(ExitCode.INTERRUPTED)

@@ -1,0 +1,109 @@
+"""Rendering: one JSON document on stdout for scripts (--json), human text on stderr.
+
+Human output goes through rich on stderr, which honours NO_COLOR and draws progress bars only on
+a terminal, so that stdout stays machine-readable and logs stay free of control codes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or Infinity: scripts get null instead of invalid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
+def to_json(document: Any) -> str:
+    return json.dumps(_finite(document), default=_json_default, indent=2, sort_keys=False)
+
+
+class Output:
+    """Where a command's results and messages go, decided once per invocation."""
+
+    def __init__(self, json_mode: bool = False) -> None:
+        self.json_mode = json_mode
+        self.console = Console(stderr=True, highlight=False)
+
+    def result(self, document: Any, human: Callable[[Console], None] | str | None = None) -> None:
+        """Emit the command's result: JSON on stdout, or the human rendering on stderr."""
+        if self.json_mode:
+            sys.stdout.write(to_json(document) + "\n")
+            sys.stdout.flush()
+        elif callable(human):
+            human(self.console)
+        elif human is not None:
+            self.console.print(human)
+
+    def info(self, message: str) -> None:
+        """A human note on stderr, shown in both modes (stdout stays clean for --json)."""
+        self.console.print(message)
+
+    @property
+    def interactive(self) -> bool:
+        return self.console.is_terminal
+
+    @contextmanager
+    def progress(self, description: str, total: float | None) -> Iterator[Callable[..., None]]:
+        """A progress bar on a TTY; elsewhere a no-op, so logs and pipes get no control codes."""
+        if not self.interactive:
+            yield lambda **_: None
+            return
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=self.console, transient=True) as bar:
+            task = bar.add_task(description, total=total, status="")
+
+            def update(**fields: Any) -> None:
+                bar.update(task, **fields)
+
+            yield update
+
+
+def key_value_table(rows: dict[str, Any], title: str | None = None) -> Table:
+    """A two-column table for a flat mapping."""
+    table = Table(title=title, show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows.items():
+        table.add_row(key, "-" if value is None else str(value))
+    return table
+
+
+def records_table(records: list[dict[str, Any]], columns: list[str], title: str | None = None):
+    """A table of records, one row each, the given columns."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for record in records:
+        table.add_row(*("-" if record.get(c) is None else str(record.get(c)) for c in columns))
+    return table
