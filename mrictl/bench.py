@@ -1,0 +1,87 @@
+"""`mrictl bench`: time a standard phantom study so that sizing compute is a measurement.
+
+Prints seconds per slice, slices per hour and the cost of one scan at a given hourly price.
+The first slice is timed apart (it pays for start-up: thread pools, CUDA context), the rest give
+the steady-state rate that a queue of scans sees.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from raki.phantom import simulate_scan
+from raki.recon import reconstruct
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    method: str
+    matrix: tuple[int, int] = (320, 320)
+    coils: int = 16
+    slices: int = 3
+    acceleration: int = 4
+    acs_lines: int = 32
+    iterations: int | None = None
+    device: str = "auto"
+    slices_per_scan: int = 32
+    price_per_hour: float | None = None
+    seed: int = 0
+
+
+def machine_description() -> dict[str, Any]:
+    """What ran the benchmark: CPU model, cores, GPU if torch sees one."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
+
+
+def run_bench(
+    settings: BenchSettings, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
+    """Reconstruct `settings.slices` phantom slices one by one and summarise the timings."""
+    study = simulate_scan(
+        settings.matrix, num_coils=settings.coils, num_slices=settings.slices, seed=settings.seed
+    )
+    undersampled = study.undersampled(settings.acceleration, settings.acs_lines)
+    seconds: list[float] = []
+    for index in range(settings.slices):
+        one_slice = undersampled.replace(kspace=undersampled.kspace[index : index + 1])
+        start = time.perf_counter()
+        reconstruct(
+            one_slice, settings.method, device=settings.device, iterations=settings.iterations
+        )
+        seconds.append(time.perf_counter() - start)
+        if progress is not None:
+            progress(index + 1, settings.slices)
+    steady = seconds[1:] or seconds
+    per_slice = statistics.median(steady)
+    per_scan_s = per_slice * settings.slices_per_scan
+    cost = None
+    if settings.price_per_hour is not None:
+        cost = settings.price_per_hour * per_scan_s / 3600.0
+    return {
+        "settings": {**asdict(settings), "matrix": list(settings.matrix)},
+        "machine": machine_description(),
+        "first_slice_s": seconds[0],
+        "seconds_per_slice": per_slice,
+        "slices_per_hour": 3600.0 / per_slice if per_slice > 0 else None,
+        "seconds_per_scan": per_scan_s,
+        "cost_per_scan": cost,
+        "slice_seconds": seconds,
+    }
