@@ -1,0 +1,39 @@
+"""The embedded local backend: objects in a folder tree and jobs in SQLite, all under one home.
+
+Layout of `home`:
+
+    objects/uploads/<scan_id>.tar          packaged scans (tar + manifest.json)
+    objects/preprocessed/<scan_id>.h5      canonical fastMRI HDF5 of each scan
+    objects/reconstructed/<job_id>/...     outputs of a recon job (reconstruction.h5, result.json)
+    mrictl.sqlite3                         jobs, claims, job logs and object checksums (WAL)
+    work/<job_id>-<attempt>-<token>/       a worker's scratch area for one attempt
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mrictl.backends.base import DEFAULT_MAX_ATTEMPTS
+from mrictl.backends.local_queue import LocalJobQueue
+from mrictl.backends.local_sqlite import Database
+from mrictl.backends.local_store import LocalObjectStore
+
+DATABASE_NAME = "mrictl.sqlite3"
+
+
+class LocalBackend:
+    """Store, queue and scratch space under `home`, safe to share between processes."""
+
+    name = "local"
+
+    def __init__(self, home: Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.db = Database(self.home / DATABASE_NAME)
+        self.store = LocalObjectStore(self.home / "objects", self.db)
+        self.queue = LocalJobQueue(self.db, max_attempts=max_attempts)
+        self.scratch_dir = self.home / "work"
+        self.scratch_dir.mkdir(exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(home={self.home.name!r})"
