@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from mrictl import __version__
-from mrictl.cli import scan
+from mrictl.cli import bench, recon, scan, train
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.output import to_json
 from raki.errors import FileFormatError, IncompatibleWeightsError, InvalidScanError, RakiError
@@ -83,6 +83,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(scan.app, name="scan")
+app.add_typer(recon.app, name="recon")
+app.command("train")(train.train)
+app.command("bench")(bench.bench)
 
 
 def _print_version(value: bool) -> None:

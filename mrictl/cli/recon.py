@@ -1,0 +1,92 @@
+"""`mrictl recon`: reconstruct here and now (`run`), or through the job queue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mrictl.cli.common import DeviceOption, JsonFlag
+from mrictl.output import Output, key_value_table
+
+app = typer.Typer(help="Reconstruct scans: locally now, or as queued jobs.", no_args_is_help=True)
+
+MethodOption = Annotated[
+    str | None,
+    typer.Option("--method", envvar="MRICTL_METHOD", help="raki, rraki, grappa or zerofill."),
+]
+AccelOption = Annotated[
+    int | None,
+    typer.Option("--accel", min=2, help="Undersample a fully sampled input to this R first."),
+]
+AcsOption = Annotated[
+    int | None, typer.Option("--acs", min=0, help="ACS lines with --accel (default 24).")
+]
+IterationsOption = Annotated[
+    int | None, typer.Option("--iterations", min=1, help="Training iterations (RAKI, rRAKI).")
+]
+
+
+def progress_reporter(update: Callable[..., None]) -> Callable[[dict], None]:
+    """Turn the library's progress callbacks into bar updates (iteration, loss)."""
+
+    def report(event: dict) -> None:
+        if "iteration" in event:
+            update(
+                completed=event["iteration"],
+                total=event.get("iterations"),
+                status=f"slice {int(event.get('slice', 0))} loss {event.get('loss', 0):.3g}",
+            )
+
+    return report
+
+
+@app.command("run")
+def run(
+    source: Annotated[Path, typer.Argument(help="Undersampled (or fully sampled) scan file.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output HDF5 (reconstruction).")],
+    method: MethodOption = None,
+    reference: Annotated[
+        Path | None, typer.Option("--reference", help="Fully sampled file for NMSE/PSNR/SSIM.")
+    ] = None,
+    accel: AccelOption = None,
+    acs: AcsOption = None,
+    device: DeviceOption = None,
+    iterations: IterationsOption = None,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Apply networks saved by `mrictl train`.")
+    ] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Reconstruct one scan file now, on this machine."""
+    from mrictl.reconstruction import ReconOptions, reconstruct_file
+    from raki.recon import DEFAULT_METHOD
+
+    output = Output(json)
+    options = ReconOptions(
+        method=method or DEFAULT_METHOD,
+        acceleration=accel,
+        acs_lines=acs,
+        device=device or "auto",
+        iterations=iterations,
+        weights=weights,
+    )
+    with output.progress(f"{options.method}", total=None) as update:
+        document = reconstruct_file(
+            source,
+            out,
+            options,
+            reference_path=reference,
+            progress=progress_reporter(update),
+        )
+
+    def render(console) -> None:
+        rows = {k: v for k, v in document.items() if k not in ("timings", "metrics")}
+        rows.update({f"time {k}": f"{v:.2f}" for k, v in document["timings"].items()})
+        for key, value in (document.get("metrics") or {}).items():
+            rows[key] = f"{value:.4g}"
+        console.print(key_value_table(rows, title=f"reconstructed {source.name}"))
+
+    output.result(document, render)

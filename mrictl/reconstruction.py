@@ -1,0 +1,134 @@
+"""One reconstruction of one scan, as `recon run` and the recon worker both perform it.
+
+Prepares the scan (a fully sampled input is undersampled retrospectively and becomes its own
+reference), reconstructs, scores against the reference when there is one, and writes the
+fastMRI-style output. Nothing here knows about queues or the terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrictl.errors import ExitCode, MrictlError
+from raki.fft import rss_image
+from raki.io import read_scan
+from raki.io.reconstruction import write_reconstruction
+from raki.metrics import evaluate
+from raki.recon import DEFAULT_METHOD, ProgressCallback, ReconResult, reconstruct
+from raki.scan import Scan
+
+
+@dataclass(frozen=True)
+class ReconOptions:
+    method: str = DEFAULT_METHOD
+    acceleration: int | None = None
+    acs_lines: int | None = None
+    device: str = "auto"
+    iterations: int | None = None
+    weights: Path | None = None
+
+
+@dataclass
+class Reconstruction:
+    scan: Scan  # the (possibly retrospectively undersampled) input that was reconstructed
+    result: ReconResult
+    reference: np.ndarray | None
+    metrics: dict[str, float] | None
+
+    def attrs(self) -> dict[str, Any]:
+        """What the output file and job record say about how the image was made."""
+        return {
+            "method": self.result.method,
+            "acceleration": self.scan.acceleration,
+            "acs_lines": self.scan.acs.lines if self.scan.acs is not None else 0,
+            "coils": self.scan.num_coils,
+            "matrix": list(self.scan.matrix),
+            "timings": self.result.timings,
+            "metrics": self.metrics,
+        }
+
+
+def prepare_scan(
+    scan: Scan, acceleration: int | None, acs_lines: int | None
+) -> tuple[Scan, np.ndarray | None]:
+    """The scan to reconstruct and, for a fully sampled input, its reference RSS image."""
+    if scan.is_fully_sampled:
+        if acceleration is None or acceleration < 2:
+            raise MrictlError(
+                "the input is fully sampled: give --accel R (and --acs N) to undersample it "
+                "retrospectively and use it as its own reference",
+                ExitCode.BAD_INPUT,
+            )
+        reference = rss_image(scan.kspace)
+        return scan.undersampled(acceleration, 24 if acs_lines is None else acs_lines), reference
+    if acceleration is not None and acceleration != scan.acceleration:
+        raise MrictlError(
+            f"the input is already undersampled at R={scan.acceleration}; "
+            "--accel only applies to fully sampled inputs",
+            ExitCode.BAD_INPUT,
+        )
+    return scan, None
+
+
+def reference_image_of(path: Path, scan: Scan) -> np.ndarray:
+    """The RSS image of a fully sampled reference file that matches `scan`."""
+    reference = read_scan(path)
+    if not reference.is_fully_sampled:
+        raise MrictlError(f"{path.name}: the reference must be fully sampled", ExitCode.BAD_INPUT)
+    if reference.kspace.shape != scan.kspace.shape:
+        raise MrictlError(
+            f"{path.name}: reference shape {reference.kspace.shape} does not match the input "
+            f"{scan.kspace.shape}",
+            ExitCode.BAD_INPUT,
+        )
+    return rss_image(reference.kspace)
+
+
+def run_reconstruction(
+    scan: Scan,
+    options: ReconOptions,
+    *,
+    reference: np.ndarray | None = None,
+    progress: ProgressCallback | None = None,
+) -> Reconstruction:
+    """Reconstruct `scan` (undersampling it first if fully sampled) and score it if possible."""
+    prepared, own_reference = prepare_scan(scan, options.acceleration, options.acs_lines)
+    reference = own_reference if reference is None else reference
+    extra: dict[str, Any] = {}
+    if options.weights is not None:
+        from raki.weights import RakiWeights
+
+        extra["weights"] = RakiWeights.load(options.weights)
+    start = time.perf_counter()
+    result = reconstruct(
+        prepared,
+        options.method,
+        device=options.device,
+        iterations=options.iterations,
+        progress=progress,
+        **extra,
+    )
+    result.timings.setdefault("total_s", time.perf_counter() - start)
+    metrics = evaluate(reference, result.image) if reference is not None else None
+    return Reconstruction(prepared, result, reference, metrics)
+
+
+def reconstruct_file(
+    source: Path,
+    out: Path,
+    options: ReconOptions,
+    *,
+    reference_path: Path | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """`mrictl recon run`: read, reconstruct, write the reconstruction HDF5, return a summary."""
+    scan = read_scan(source)
+    reference = reference_image_of(reference_path, scan) if reference_path else None
+    done = run_reconstruction(scan, options, reference=reference, progress=progress)
+    written = write_reconstruction(out, done.result.image, done.attrs())
+    return {"input": source.name, "output": str(written), **done.attrs()}

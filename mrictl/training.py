@@ -1,0 +1,39 @@
+"""`mrictl train`: fit a scan's networks on its ACS and store them for later scans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from mrictl.reconstruction import prepare_scan
+from raki.io import read_scan
+from raki.recon import ProgressCallback
+from raki.train import train_scan
+
+
+def train_file(
+    source: Path,
+    out: Path,
+    *,
+    method: str = "raki",
+    acceleration: int | None = None,
+    acs_lines: int | None = None,
+    device: str = "auto",
+    iterations: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Train on `source` (undersampled first if fully sampled) and save the weights to `out`."""
+    scan, _ = prepare_scan(read_scan(source), acceleration, acs_lines)
+    weights = train_scan(scan, method, device=device, iterations=iterations, progress=progress)
+    written = weights.save(out)
+    return {
+        "input": source.name,
+        "weights": str(written),
+        "method": weights.method,
+        "acceleration": weights.acceleration,
+        "acs_lines": weights.acs_lines,
+        "coils": weights.num_coils,
+        "slices": weights.num_slices,
+        "train_s": weights.train_seconds,
+        "final_losses": weights.metadata()["final_losses"],
+    }
