@@ -1,0 +1,5 @@
+"""`python -m mrictl` is the `mrictl` command."""
+
+from mrictl.cli.main import main
+
+main()
