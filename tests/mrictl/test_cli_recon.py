@@ -1,0 +1,113 @@
+"""`mrictl recon run` and `mrictl train` as a researcher uses them."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from mrictl.errors import ExitCode
+from tests.mrictl.cli_helpers import invoke
+
+
+@pytest.fixture
+def full_scan(tmp_path):
+    path = tmp_path / "full.h5"
+    made = invoke(
+        "scan", "simulate", "--out", str(path), "--matrix", "48x40", "--coils", "6", "--snr", "40"
+    )
+    assert made.exit_code == 0, made.stderr
+    return path
+
+
+def test_fully_sampled_input_is_undersampled_and_scored(tmp_path, full_scan):
+    out = tmp_path / "recon.h5"
+    outcome = invoke(
+        "recon",
+        "run",
+        str(full_scan),
+        "--method",
+        "grappa",
+        "--accel",
+        "3",
+        "--acs",
+        "16",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert outcome.exit_code == 0, outcome.stderr
+    document = outcome.json()
+    assert document["acceleration"] == 3 and document["acs_lines"] == 16
+    zerofill = invoke(
+        "recon",
+        "run",
+        str(full_scan),
+        "--method",
+        "zerofill",
+        "--accel",
+        "3",
+        "--acs",
+        "16",
+        "--out",
+        str(tmp_path / "zf.h5"),
+        "--json",
+    ).json()
+    assert document["metrics"]["nmse"] < 0.5 * zerofill["metrics"]["nmse"]
+    with h5py.File(out) as handle:
+        image = handle["reconstruction"][()]
+        assert image.shape == (1, 48, 40) and image.dtype == np.float32
+        assert handle.attrs["method"] == "grappa"
+
+
+def test_undersampled_input_with_reference(tmp_path, full_scan):
+    under = tmp_path / "r2.h5"
+    invoke(
+        "scan", "undersample", str(full_scan), "--accel", "2", "--acs", "12", "--out", str(under)
+    )
+    outcome = invoke(
+        "recon",
+        "run",
+        str(under),
+        "--method",
+        "raki",
+        "--iterations",
+        "50",
+        "--reference",
+        str(full_scan),
+        "--out",
+        str(tmp_path / "r.h5"),
+        "--json",
+    )
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.json()["metrics"]["ssim"] > 0
+
+
+def test_fully_sampled_input_without_accel_is_a_clear_error(tmp_path, full_scan):
+    outcome = invoke("recon", "run", str(full_scan), "--out", str(tmp_path / "x.h5"))
+    assert outcome.exit_code == ExitCode.BAD_INPUT
+    assert "--accel" in outcome.stderr and not (tmp_path / "x.h5").exists()
+
+
+def test_train_then_apply_weights_and_refuse_misfits(tmp_path, full_scan):
+    under = tmp_path / "r2.h5"
+    invoke(
+        "scan", "undersample", str(full_scan), "--accel", "2", "--acs", "12", "--out", str(under)
+    )
+    weights = tmp_path / "weights.pt"
+    trained = invoke("train", str(under), "--out", str(weights), "--iterations", "30", "--json")
+    assert trained.exit_code == 0, trained.stderr
+    assert trained.json()["acceleration"] == 2
+    applied = invoke(
+        "recon", "run", str(under), "--weights", str(weights), "--out", str(tmp_path / "w.h5")
+    )
+    assert applied.exit_code == 0, applied.stderr
+    other = tmp_path / "r3.h5"
+    invoke(
+        "scan", "undersample", str(full_scan), "--accel", "3", "--acs", "16", "--out", str(other)
+    )
+    refused = invoke(
+        "recon", "run", str(other), "--weights", str(weights), "--out", str(tmp_path / "n.h5")
+    )
+    assert refused.exit_code == ExitCode.CONFLICT
+    assert len(refused.stderr.strip().splitlines()) == 1
