@@ -25,7 +25,7 @@ from raki.scan import Scan
 
 @dataclass(frozen=True)
 class ReconOptions:
-    method: str = DEFAULT_METHOD
+    method: str | None = None  # None: the weights' method, else the library's default
     acceleration: int | None = None
     acs_lines: int | None = None
     device: str = "auto"
@@ -100,14 +100,16 @@ def run_reconstruction(
     prepared, own_reference = prepare_scan(scan, options.acceleration, options.acs_lines)
     reference = own_reference if reference is None else reference
     extra: dict[str, Any] = {}
+    method = options.method or DEFAULT_METHOD
     if options.weights is not None:
         from raki.weights import RakiWeights
 
         extra["weights"] = RakiWeights.load(options.weights)
+        method = options.method or extra["weights"].method
     start = time.perf_counter()
     result = reconstruct(
         prepared,
-        options.method,
+        method,
         device=options.device,
         iterations=options.iterations,
         progress=progress,

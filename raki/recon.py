@@ -1,6 +1,13 @@
 """Apply a reconstruction method to a Scan: fill the skipped lines, keep the acquired ones, combine.
 
 The one entry point every caller (CLI, workers, benchmarks) uses; methods plug in below.
+
+RAKI and residual RAKI run their networks on the lattice of acquired lines only (the ky
+dilation R of training becomes dilation 1), so inference computes just the positions that are
+missing. The lattice is extended by one line before and two after the k-space with zeros, so
+that lines near the ky ends, whose lattice neighbours fall outside, are still predicted; the
+readout is zero-padded by 3 points each side ('same' along kx). Acquired and ACS lines are then
+put back as measured.
 """
 
 from __future__ import annotations
@@ -10,15 +17,40 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
+from raki.device import resolve_device
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
+from raki.model import (
+    KX_MARGIN,
+    RECEPTIVE_LATTICE_LINES,
+    RakiNetworks,
+    ResidualRakiNetworks,
+    build_networks,
+    from_channels,
+    to_channels,
+)
 from raki.scan import Scan
+from raki.train import NEURAL_METHODS, TrainingConfig, check_trainable, train_scan
+from raki.weights import RakiWeights
 
-METHODS = ("zerofill",)
-DEFAULT_METHOD = "zerofill"
+METHODS = ("raki", "rraki", "grappa", "zerofill")
+DEFAULT_METHOD = "raki"
 
 ProgressCallback = Callable[[dict[str, float]], None]
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "ReconResult",
+    "RakiWeights",
+    "TrainingConfig",
+    "apply_weights",
+    "reconstruct",
+    "train_scan",
+    "zerofill",
+]
 
 
 @dataclass
@@ -37,6 +69,77 @@ def zerofill(scan: Scan) -> np.ndarray:
     return (scan.kspace * scan.sampled).astype(np.complex64)
 
 
+def lattice_offset(scan: Scan) -> int:
+    """ky index modulo R of the equispaced acquired lines outside the ACS block."""
+    outside = scan.sampled.copy()
+    if scan.acs is not None:
+        outside[scan.acs.as_slice()] = False
+    acquired = np.flatnonzero(outside)
+    if acquired.size == 0:
+        # Only the ACS was acquired: any phase is as good, the lines are all measured or missing.
+        return 0
+    return int(acquired[0] % scan.acceleration)
+
+
+def fill_slice(
+    networks: RakiNetworks | ResidualRakiNetworks,
+    kspace: np.ndarray,
+    acceleration: int,
+    offset: int,
+    scale: float,
+    device: torch.device,
+) -> np.ndarray:
+    """Predicted k-space [coil, kx, ky] of one slice: every ky line the lattice skips, filled.
+
+    Anchors are lattice lines k = -1 .. K - 1 (K lattice lines inside the k-space); anchor k
+    predicts the R - 1 lines after it from lattice lines k, k + 1, k + 2, zero where outside.
+    """
+    coils, kx, ky = kspace.shape
+    inside = np.arange(offset, ky, acceleration)
+    anchors = inside.size + 1
+    positions = offset + acceleration * np.arange(-1, anchors + RECEPTIVE_LATTICE_LINES - 2)
+    lattice = np.zeros((coils, kx + 2 * KX_MARGIN, positions.size), dtype=np.complex64)
+    present = (positions >= 0) & (positions < ky)
+    lattice[:, KX_MARGIN : KX_MARGIN + kx, present] = kspace[:, :, positions[present]] / scale
+    with torch.no_grad():
+        output = networks(torch.from_numpy(to_channels(lattice))[None].to(device), 1)
+    output = output[0].reshape(2 * coils, acceleration - 1, kx, anchors).cpu().numpy()
+    targets = positions[:anchors][None, :] + np.arange(1, acceleration)[:, None]
+    valid = (targets >= 0) & (targets < ky)
+    filled = np.zeros((2 * coils, kx, ky), dtype=np.float32)
+    filled[:, :, targets[valid]] = output.transpose(0, 2, 1, 3)[:, :, valid]
+    return from_channels(filled) * np.complex64(scale)
+
+
+def apply_weights(
+    scan: Scan, weights: RakiWeights, device: str = "auto"
+) -> np.ndarray:
+    """k-space [slice, coil, kx, ky] with skipped lines predicted by `weights`, acquired kept."""
+    check_trainable(scan)
+    weights.check_compatible(scan, weights.method)
+    torch_device = resolve_device(device)
+    offset = lattice_offset(scan)
+    filled = np.empty_like(scan.kspace)
+    hidden = tuple(weights.hyperparameters.get("hidden", (32, 8)))
+    for index, (state, scale) in enumerate(zip(weights.state_dicts, weights.scales, strict=True)):
+        networks = build_networks(weights.method, scan.num_coils, scan.acceleration, hidden)
+        networks.load_state_dict(state)
+        networks = networks.to(torch_device).eval()
+        predicted = fill_slice(
+            networks, scan.kspace[index], scan.acceleration, offset, scale, torch_device
+        )
+        filled[index] = np.where(scan.sampled, scan.kspace[index], predicted)
+    return filled
+
+
+def _reconstruct_grappa(scan: Scan, weights: object | None) -> np.ndarray:
+    from raki import grappa  # lands in parallel; imported on use so RAKI never waits on it
+
+    if weights is not None:
+        return grappa.reconstruct_grappa(scan, kernel=weights)
+    return grappa.reconstruct_grappa(scan)
+
+
 def reconstruct(
     scan: Scan,
     method: str = DEFAULT_METHOD,
@@ -44,16 +147,55 @@ def reconstruct(
     device: str = "auto",
     iterations: int | None = None,
     progress: ProgressCallback | None = None,
+    weights: RakiWeights | object | None = None,
+    config: TrainingConfig | None = None,
 ) -> ReconResult:
-    """Reconstruct `scan` with `method`; acquired and ACS lines are kept as measured."""
+    """Reconstruct `scan` with `method`; acquired and ACS lines are kept as measured.
+
+    For "raki" and "rraki", `weights` from `train_scan` (or `RakiWeights.load`) are applied
+    instead of training, after checking that they fit; for "grappa" a saved GRAPPA kernel may be
+    passed the same way.
+    """
     if method not in METHODS:
         raise InvalidScanError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     start = time.perf_counter()
-    kspace = zerofill(scan)
-    elapsed = time.perf_counter() - start
+    timings: dict[str, float] = {}
+    details: dict[str, object] = {}
+    if method in NEURAL_METHODS:
+        check_trainable(scan)
+        if weights is None:
+            weights = train_scan(
+                scan, method, device=device, iterations=iterations, progress=progress, config=config
+            )
+            timings["train_s"] = weights.train_seconds
+        elif not isinstance(weights, RakiWeights):
+            raise InvalidScanError(f"method {method!r} takes RakiWeights, not {type(weights).__name__}")
+        else:
+            weights.check_compatible(scan, method)
+            timings["train_s"] = 0.0
+        applied = time.perf_counter()
+        kspace = apply_weights(scan, weights, device)
+        timings["apply_s"] = time.perf_counter() - applied
+        final_losses = [curve[-1] for curve in weights.loss_curves if curve]
+        details = {
+            "iterations": weights.hyperparameters.get("iterations"),
+            "final_loss": float(np.mean(final_losses)) if final_losses else None,
+            "final_losses": final_losses,
+            "loss_curve": weights.loss_curves,
+            "device": str(resolve_device(device)),
+            "hyperparameters": weights.hyperparameters,
+            "trained_here": timings["train_s"] > 0,
+            "weights_input_sha256": weights.input_sha256,
+        }
+    elif method == "grappa":
+        kspace = _reconstruct_grappa(scan, weights)
+    else:
+        kspace = zerofill(scan)
+    timings["total_s"] = time.perf_counter() - start
     return ReconResult(
         kspace=kspace,
         image=rss_image(kspace),
         method=method,
-        timings={"total_s": elapsed},
+        timings=timings,
+        details=details,
     )

@@ -66,14 +66,14 @@ def run(
 
     output = Output(json)
     options = ReconOptions(
-        method=method or DEFAULT_METHOD,
+        method=method,
         acceleration=accel,
         acs_lines=acs,
         device=device or "auto",
         iterations=iterations,
         weights=weights,
     )
-    with output.progress(f"{options.method}", total=None) as update:
+    with output.progress(method or DEFAULT_METHOD, total=None) as update:
         document = reconstruct_file(
             source,
             out,
