@@ -146,6 +146,18 @@ def test_default_geometry_is_axial_with_1mm_pixels_spaced_by_thickness(tmp_path:
     np.testing.assert_allclose(positions[:, 2], [-1.0, 0.0, 1.0])
 
 
+def test_a_centre_cropped_image_keeps_its_resolution_and_centre(tmp_path: Path) -> None:
+    # Readout oversampling removed (fastMRI-style crop): 32 -> 16 rows of the same 8 mm pixels.
+    cropped = make_image()[:, 8:24]
+    paths = write_dicom_series(cropped, make_scan(SAGITTAL), tmp_path / "series")
+    ds = pydicom.dcmread(paths[0])
+    assert (ds.Rows, ds.Columns) == (16, PHASE)
+    assert [float(v) for v in ds.PixelSpacing] == [8.0, 8.0]
+    top_left = np.add(SAGITTAL.slice_positions_mm[0], [0.0, -11.5 * 8.0, 7.5 * 8.0])
+    np.testing.assert_allclose([float(v) for v in ds.ImagePositionPatient], top_left)
+    assert list(ds.AcquisitionMatrix) == [READOUT, 0, 0, PHASE]
+
+
 def test_uids_are_valid_and_distinct(tmp_path: Path) -> None:
     scan = make_scan(SAGITTAL)
     first = read_series(write_dicom_series(make_image(), scan, tmp_path / "a"))
