@@ -141,8 +141,9 @@ def simulate_scan(
         fov_mm=(matrix[0] * PIXEL_MM, matrix[1] * PIXEL_MM, num_slices * thickness),
         slice_thickness_mm=thickness,
         slice_positions_mm=positions,
-        read_dir=(1.0, 0.0, 0.0),
-        phase_dir=(0.0, 1.0, 0.0),
+        # Axial, readout anterior-posterior and phase left-right: upright in a viewer.
+        read_dir=(0.0, 1.0, 0.0),
+        phase_dir=(1.0, 0.0, 0.0),
         slice_dir=(0.0, 0.0, 1.0),
     )
     return Scan.from_kspace(
