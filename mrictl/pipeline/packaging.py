@@ -1,0 +1,469 @@
+"""Scan packages: a scan's files as one uncompressed tar, `manifest.json` first, and their upload.
+
+The package is what leaves the workstation: flat (base names only), checksummed file by file,
+named by a content-derived scan id so that the same scan uploaded twice is recognised, and
+written under a hidden temporary name, then renamed, so that a watcher never sees half of it.
+Reading one back (`extract_package`) trusts nothing in it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from mrictl import __version__
+from mrictl.backends.base import UPLOADS, Backend
+from mrictl.errors import ExitCode, MrictlError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+SCAN_ID = re.compile(r"^scan-[0-9a-f]{16}$")
+CHUNK = 1 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class PackageError(MrictlError):
+    """A package that is unsafe, broken or inconsistent: refused as a whole, never retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.BAD_INPUT)
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Bounds on what one package may unpack to, checked on the bytes actually read."""
+
+    max_member_bytes: int = 32 << 30
+    max_total_bytes: int = 64 << 30
+    max_members: int = 1000
+    max_manifest_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class PackagedFile:
+    name: str
+    size: int
+    sha256: str
+    format: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a package holds; `summary` is `Scan.summary()`, which never carries identifiers."""
+
+    scan_id: str
+    files: tuple[PackagedFile, ...]
+    scan_file: str
+    summary: dict[str, Any]
+    read_options: dict[str, Any] = field(default_factory=dict)
+    tool: str = f"mrictl {__version__}"
+
+    def to_json(self) -> bytes:
+        document = {
+            "manifest_version": MANIFEST_VERSION,
+            "scan_id": self.scan_id,
+            "scan_file": self.scan_file,
+            "files": [vars(entry) for entry in self.files],
+            "summary": self.summary,
+            "read_options": self.read_options,
+            "tool": self.tool,
+        }
+        return json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        """Parse and validate; ValueError says what is wrong."""
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"is not valid JSON ({error.msg})") from None
+        if not isinstance(document, dict):
+            raise ValueError("is not a JSON object")
+        if document.get("manifest_version") != MANIFEST_VERSION:
+            raise ValueError(f"has manifest_version {document.get('manifest_version')!r}")
+        entries = document.get("files")
+        if not isinstance(entries, list) or not entries:
+            raise ValueError("lists no files")
+        files = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise ValueError("has a file entry that is not an object")
+            name, size = entry.get("name"), entry.get("size")
+            sha256, file_format = entry.get("sha256"), entry.get("format")
+            if not isinstance(name, str) or unsafe_name_reason(name) or name == MANIFEST_NAME:
+                raise ValueError(f"lists an unsafe file name {name!r}")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ValueError(f"gives {name!r} an invalid size")
+            if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+                raise ValueError(f"gives {name!r} an invalid sha256")
+            if not isinstance(file_format, str):
+                raise ValueError(f"gives {name!r} no format")
+            files.append(PackagedFile(name, size, sha256, file_format))
+        names = [entry.name for entry in files]
+        if len(set(names)) != len(names):
+            raise ValueError("lists a file name twice")
+        scan_file = document.get("scan_file")
+        if scan_file not in names:
+            raise ValueError("names a scan_file that it does not list")
+        scan_id = scan_id_of(entry.sha256 for entry in files)
+        if document.get("scan_id") != scan_id:
+            raise ValueError("has a scan_id that does not match its files' checksums")
+        summary = document.get("summary")
+        read_options = document.get("read_options", {})
+        if not isinstance(summary, dict) or not isinstance(read_options, dict):
+            raise ValueError("has a malformed summary or read_options")
+        return cls(
+            scan_id=scan_id,
+            files=tuple(files),
+            scan_file=scan_file,
+            summary=summary,
+            read_options=read_options,
+            tool=str(document.get("tool", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Package:
+    """A package on disk; `already_present` when an identical one was there and was kept."""
+
+    scan_id: str
+    path: Path
+    manifest: Manifest | None
+    already_present: bool = False
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """Where a scan went; `job_id` is the queued preprocess job (None for a no-op or a share)."""
+
+    scan_id: str
+    already_uploaded: bool
+    location: str  # a store key, or the file name written in the share folder
+    job_id: str | None = None
+
+
+def scan_id_of(file_sha256s: Sequence[str] | Any) -> str:
+    """The content-derived scan id: the same files, under any names, give the same id."""
+    joined = "\n".join(sorted(file_sha256s)).encode()
+    return f"scan-{hashlib.sha256(joined).hexdigest()[:16]}"
+
+
+def is_scan_id(text: str) -> bool:
+    return bool(SCAN_ID.fullmatch(text))
+
+
+def unsafe_name_reason(name: str) -> str | None:
+    """Why `name` cannot be a member of a flat package, or None when it can."""
+    if not name:
+        return "has an empty name"
+    if name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
+        return "has an absolute path"
+    parts = re.split(r"[\\/]", name)
+    if ".." in parts:
+        return "escapes the package ('..' in its path)"
+    if len(parts) > 1:
+        return "is inside a folder (packages are flat)"
+    if name in (".", "..") or name.startswith("."):
+        return "has a hidden name"
+    if any(ord(char) < 32 or ord(char) == 127 for char in name) or len(name.encode()) > 255:
+        return "has control characters or is too long"
+    return None
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _checked_inputs(paths: Sequence[Path]) -> list[Path]:
+    if not paths:
+        raise MrictlError("no scan files given", ExitCode.USAGE)
+    paths = [Path(path) for path in paths]
+    for path in paths:
+        if not path.is_file():
+            raise MrictlError(f"{path.name}: no such file", ExitCode.NOT_FOUND)
+        reason = unsafe_name_reason(path.name)
+        if reason or path.name == MANIFEST_NAME:
+            raise MrictlError(f"{path.name}: cannot be packaged: {reason or 'reserved name'}")
+    names = [path.name for path in paths]
+    if len(set(names)) != len(names):
+        raise MrictlError("two of the scan files share a base name", ExitCode.USAGE)
+    return paths
+
+
+def _describe(paths: list[Path], hashes: list[tuple[int, str]], axis_order: str | None) -> Manifest:
+    """Formats and the scan summary: the first file is the scan, others travel with it."""
+    from raki.io import detect_format, read_scan
+
+    files = []
+    for path, (size, sha256) in zip(paths, hashes, strict=True):
+        files.append(PackagedFile(path.name, size, sha256, detect_format(path)))
+    read_options = {"axis_order": axis_order} if axis_order else {}
+    scan = read_scan(paths[0], **read_options)
+    return Manifest(
+        scan_id=scan_id_of(sha256 for _, sha256 in hashes),
+        files=tuple(files),
+        scan_file=paths[0].name,
+        summary=scan.summary(),
+        read_options=read_options,
+    )
+
+
+class _HashingReader:
+    """Hashes what tarfile reads, so a file changed after it was checksummed is caught."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self.stream.read(size)
+        self.digest.update(chunk)
+        return chunk
+
+
+def _member(name: str, size: int) -> tarfile.TarInfo:
+    """A regular file entry with no owner or time, so the same scan gives the same bytes."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0
+    return info
+
+
+def write_package(manifest: Manifest, paths: Sequence[Path], dest_dir: Path) -> Path:
+    """Write `<scan_id>.tar` into `dest_dir` via a hidden `.partial` name and a rename."""
+    final = dest_dir / f"{manifest.scan_id}.tar"
+    partial = dest_dir / f".{final.name}.partial"
+    by_name = {Path(path).name: Path(path) for path in paths}
+    try:
+        with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
+            manifest_bytes = manifest.to_json()
+            archive.addfile(_member(MANIFEST_NAME, len(manifest_bytes)), io.BytesIO(manifest_bytes))
+            for entry in manifest.files:
+                with by_name[entry.name].open("rb") as stream:
+                    reader = _HashingReader(stream)
+                    archive.addfile(_member(entry.name, entry.size), reader)
+                if reader.digest.hexdigest() != entry.sha256:
+                    raise MrictlError(f"{entry.name}: changed while it was being packaged")
+        with partial.open("rb+") as stream:
+            os.fsync(stream.fileno())
+        os.replace(partial, final)
+    except OSError as error:
+        raise MrictlError(
+            f"{final.name}: cannot write the package ({error.strerror or error})", ExitCode.BACKEND
+        ) from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return final
+
+
+def package_scan(
+    paths: Sequence[Path], *, dest_dir: Path, axis_order: str | None = None
+) -> Package:
+    """Package a scan's files into `dest_dir/<scan_id>.tar`; an identical package is kept as is."""
+    inputs = _checked_inputs(paths)
+    if not Path(dest_dir).is_dir():
+        raise MrictlError(f"{Path(dest_dir).name}: no such folder", ExitCode.NOT_FOUND)
+    hashes = [file_sha256(path) for path in inputs]
+    scan_id = scan_id_of(sha256 for _, sha256 in hashes)
+    final = Path(dest_dir) / f"{scan_id}.tar"
+    if final.is_file():
+        return Package(scan_id, final, None, already_present=True)
+    manifest = _describe(inputs, hashes, axis_order)
+    return Package(scan_id, write_package(manifest, inputs, Path(dest_dir)), manifest)
+
+
+def upload_key(scan_id: str) -> str:
+    return f"{UPLOADS}/{scan_id}.tar"
+
+
+def store_scan(
+    backend: Backend, paths: Sequence[Path], *, axis_order: str | None = None
+) -> tuple[str, bool]:
+    """Put a scan's package in the store (no job): its scan id and whether it was already there."""
+    inputs = _checked_inputs(paths)
+    hashes = [file_sha256(path) for path in inputs]
+    scan_id = scan_id_of(sha256 for _, sha256 in hashes)
+    if backend.store.exists(upload_key(scan_id)):
+        return scan_id, True
+    manifest = _describe(inputs, hashes, axis_order)
+    with tempfile.TemporaryDirectory(prefix="package-", dir=backend.scratch_dir) as staging:
+        tar_path = write_package(manifest, inputs, Path(staging))
+        backend.store.put_file(upload_key(scan_id), tar_path)
+    return scan_id, False
+
+
+def upload(
+    backend: Backend,
+    paths: Sequence[Path],
+    *,
+    to_dir: Path | None = None,
+    method: str | None = None,
+    options: Mapping[str, Any] | None = None,
+    axis_order: str | None = None,
+) -> UploadResult:
+    """Send a scan: into a mounted share folder (`to_dir`), or into the store + a preprocess job.
+
+    A share folder is how an AWS Storage Gateway file share looks from the workstation: the
+    complete tar appears there under its final name and the cloud side takes it from there.
+    Uploading the same scan again does nothing and says so (`already_uploaded`).
+    """
+    if to_dir is not None:
+        package = package_scan(paths, dest_dir=Path(to_dir), axis_order=axis_order)
+        return UploadResult(package.scan_id, package.already_present, package.path.name)
+    scan_id, already = store_scan(backend, paths, axis_order=axis_order)
+    if already:
+        return UploadResult(scan_id, True, upload_key(scan_id))
+    from mrictl.pipeline.jobs import enqueue_preprocess
+
+    job_id = enqueue_preprocess(backend, scan_id, method=method, options=options)
+    return UploadResult(scan_id, False, upload_key(scan_id), job_id)
+
+
+def _read_limited(stream: BinaryIO, limit: int, what: str) -> bytes:
+    data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise PackageError(f"{what} is larger than {limit} bytes")
+    return data
+
+
+def _member_reason(member: tarfile.TarInfo, limits: ExtractLimits) -> str | None:
+    """Why a member is refused before a byte of it is read, or None."""
+    if member.issym():
+        return "is a symbolic link"
+    if member.islnk():
+        return "is a hard link"
+    if member.ischr() or member.isblk():
+        return "is a device file"
+    if member.isfifo():
+        return "is a FIFO"
+    if member.isdir():
+        return "is a folder (packages are flat)"
+    if member.issparse() or not member.isreg():
+        return "is not a regular file"
+    reason = unsafe_name_reason(member.name)
+    if reason:
+        return reason
+    if member.size > limits.max_member_bytes:
+        return f"is larger than the {limits.max_member_bytes}-byte limit"
+    return None
+
+
+def _extract_member(
+    archive: tarfile.TarFile, member: tarfile.TarInfo, target: Path, limit: int
+) -> tuple[int, str]:
+    """Stream one member into a new file (never through a link), counting what is really read."""
+    source = archive.extractfile(member)
+    if source is None:
+        raise PackageError(f"member {member.name!r} has no data")
+    descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    digest = hashlib.sha256()
+    size = 0
+    with os.fdopen(descriptor, "wb") as out:
+        while chunk := source.read(CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise PackageError(f"member {member.name!r} is larger than allowed")
+            digest.update(chunk)
+            out.write(chunk)
+    return size, digest.hexdigest()
+
+
+def extract_package(
+    tar_path: Path, dest_dir: Path, *, limits: ExtractLimits = ExtractLimits()
+) -> Manifest:
+    """Unpack a package into the new folder `dest_dir`, verifying every member against the manifest.
+
+    Refuses (PackageError, one line naming the tar and the member) links, devices, FIFOs, folders,
+    absolute or '..' names, members over the limits, a missing or invalid manifest, unlisted,
+    duplicate, missing or corrupt members, and truncated or compressed archives. Reads the tar as
+    a stream; tarfile's "data" filter is applied too. On refusal `dest_dir` is removed.
+    """
+    tar_name = tar_path.name
+    dest_dir.mkdir(parents=False, exist_ok=False)
+    try:
+        return _extract_into(tar_path, dest_dir, limits)
+    except PackageError as error:
+        shutil.rmtree(dest_dir, ignore_errors=True)
+        raise PackageError(f"{tar_name}: {error.message}") from None
+    except (tarfile.TarError, EOFError) as error:
+        shutil.rmtree(dest_dir, ignore_errors=True)
+        raise PackageError(f"{tar_name}: truncated or not an uncompressed tar ({error})") from None
+    except BaseException:
+        shutil.rmtree(dest_dir, ignore_errors=True)
+        raise
+
+
+def _extract_into(tar_path: Path, dest_dir: Path, limits: ExtractLimits) -> Manifest:
+    manifest: Manifest | None = None
+    expected: dict[str, PackagedFile] = {}
+    seen: set[str] = set()
+    total = 0
+    members = 0
+    with tar_path.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|") as archive:
+        for member in archive:
+            members += 1
+            if members > limits.max_members:
+                raise PackageError(f"holds more than {limits.max_members} members")
+            reason = _member_reason(member, limits)
+            if reason:
+                raise PackageError(f"member {member.name[:80]!r} {reason}")
+            try:
+                tarfile.data_filter(member, str(dest_dir))
+            except tarfile.FilterError as error:
+                raise PackageError(f"member {member.name[:80]!r} is refused ({error})") from None
+            if manifest is None:
+                if member.name != MANIFEST_NAME:
+                    raise PackageError(f"the first member is not {MANIFEST_NAME}")
+                source = archive.extractfile(member)
+                if source is None:
+                    raise PackageError(f"{MANIFEST_NAME} has no data")
+                data = _read_limited(source, limits.max_manifest_bytes, MANIFEST_NAME)
+                try:
+                    manifest = Manifest.from_json(data)
+                except ValueError as error:
+                    raise PackageError(f"{MANIFEST_NAME} {error}") from None
+                expected = {entry.name: entry for entry in manifest.files}
+                continue
+            entry = expected.get(member.name)
+            if entry is None:
+                raise PackageError(f"member {member.name!r} is not listed in {MANIFEST_NAME}")
+            if member.name in seen:
+                raise PackageError(f"member {member.name!r} appears twice")
+            if member.size != entry.size:
+                raise PackageError(
+                    f"member {member.name!r} is {member.size} bytes, the manifest says {entry.size}"
+                )
+            if total + entry.size > limits.max_total_bytes:
+                raise PackageError(f"unpacks to more than {limits.max_total_bytes} bytes")
+            size, sha256 = _extract_member(
+                archive, member, dest_dir / member.name, min(entry.size, limits.max_member_bytes)
+            )
+            total += size
+            seen.add(member.name)
+            if size != entry.size or sha256 != entry.sha256:
+                raise PackageError(f"member {member.name!r} does not match its manifest checksum")
+    if manifest is None:
+        raise PackageError(f"has no {MANIFEST_NAME}")
+    missing = sorted(set(expected) - seen)
+    if missing:
+        raise PackageError(
+            f"{MANIFEST_NAME} lists {len(missing)} missing member(s): {missing[0]!r}"
+        )
+    return manifest
