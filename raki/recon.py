@@ -43,8 +43,8 @@ ProgressCallback = Callable[[dict[str, float]], None]
 __all__ = [
     "DEFAULT_METHOD",
     "METHODS",
-    "ReconResult",
     "RakiWeights",
+    "ReconResult",
     "TrainingConfig",
     "apply_weights",
     "reconstruct",
@@ -111,9 +111,7 @@ def fill_slice(
     return from_channels(filled) * np.complex64(scale)
 
 
-def apply_weights(
-    scan: Scan, weights: RakiWeights, device: str = "auto"
-) -> np.ndarray:
+def apply_weights(scan: Scan, weights: RakiWeights, device: str = "auto") -> np.ndarray:
     """k-space [slice, coil, kx, ky] with skipped lines predicted by `weights`, acquired kept."""
     check_trainable(scan)
     weights.check_compatible(scan, weights.method)
@@ -169,7 +167,9 @@ def reconstruct(
             )
             timings["train_s"] = weights.train_seconds
         elif not isinstance(weights, RakiWeights):
-            raise InvalidScanError(f"method {method!r} takes RakiWeights, not {type(weights).__name__}")
+            raise InvalidScanError(
+                f"method {method!r} takes RakiWeights, not {type(weights).__name__}"
+            )
         else:
             weights.check_compatible(scan, method)
             timings["train_s"] = 0.0

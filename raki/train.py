@@ -1,0 +1,283 @@
+"""Fitting the RAKI networks of each slice on its ACS block (Akcakaya et al., MRM 2019).
+
+Training data come from the fully sampled calibration block alone: on the ACS every line is
+known, so the kernels (dilated by R along ky) see acquired-like lines k, k + R, k + 2R and learn
+the R - 1 lines after k, at every ky shift and every readout position where the receptive field
+fits inside the block (no padding enters training).
+
+The ACS is divided by its largest magnitude before training. The networks are positively
+homogeneous (no biases, ReLU), so this changes nothing in what they can represent; it only keeps
+the numbers near 1 for float32 and for Adam's epsilon. The loss is the sum of squared errors
+over all outputs, i.e. the sum of the per-network squared L2 norms of the paper: each network's
+gradient depends on its own term only, and Adam normalises the gradient scale away.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from raki.device import resolve_device
+from raki.errors import InvalidScanError
+from raki.model import (
+    HIDDEN_CHANNELS,
+    KX_MARGIN,
+    RECEPTIVE_KX,
+    RECEPTIVE_LATTICE_LINES,
+    RakiNetworks,
+    ResidualRakiNetworks,
+    build_networks,
+    to_channels,
+)
+from raki.scan import Scan
+from raki.weights import RakiWeights, kspace_sha256
+
+NEURAL_METHODS = ("raki", "rraki")
+DEFAULT_ITERATIONS = 1000
+REPORT_EVERY = 10
+
+ProgressCallback = Callable[[dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyperparameters; the defaults are the paper's (Adam, lr 3e-3, 1000 iterations)."""
+
+    iterations: int = DEFAULT_ITERATIONS
+    learning_rate: float = 3e-3
+    hidden: tuple[int, int] = HIDDEN_CHANNELS
+    # rRAKI: weight of the linear branch's own error in the loss (Zhang et al. 2022).
+    linear_weight: float = 1.0
+    # rRAKI: Tikhonov weight, relative to the mean feature energy, of the least-squares fit
+    # that starts the linear branch at the GRAPPA solution.
+    linear_regularization: float = 1e-3
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        values = asdict(self)
+        values["hidden"] = list(self.hidden)
+        values["loss"] = "sum of squared errors"
+        return values
+
+
+def minimum_acs_lines(acceleration: int) -> int:
+    """ACS lines one ky training position needs: 3 lattice lines span 2R + 1 lines."""
+    return (RECEPTIVE_LATTICE_LINES - 1) * acceleration + 1
+
+
+def check_trainable(scan: Scan) -> None:
+    """Raise InvalidScanError unless RAKI can be trained on and applied to `scan`."""
+    if scan.is_fully_sampled or scan.acceleration < 2:
+        raise InvalidScanError(
+            "the scan is fully sampled (R=1): undersample it first, RAKI fills skipped lines"
+        )
+    if scan.acs is None:
+        raise InvalidScanError("the scan has no ACS block to train the networks on")
+    if not scan.is_equispaced:
+        raise InvalidScanError(
+            "RAKI needs equispaced sampling outside the ACS "
+            f"(every R-th line, R={scan.acceleration})"
+        )
+    needed = minimum_acs_lines(scan.acceleration)
+    if scan.acs.lines < needed:
+        raise InvalidScanError(
+            f"ACS of {scan.acs.lines} lines is too small for RAKI at R={scan.acceleration}: "
+            f"its kernels span {needed} lines (2R + 1), so at least {needed} are needed"
+        )
+    if scan.matrix[0] < RECEPTIVE_KX:
+        raise InvalidScanError(
+            f"{scan.matrix[0]} readout points are too few for RAKI's {RECEPTIVE_KX}-point kernels"
+        )
+
+
+def acs_scale(acs: np.ndarray) -> float:
+    """The ACS's largest magnitude, what the k-space is divided by for training (1 if all zero)."""
+    peak = float(np.abs(acs).max())
+    return peak if peak > 0 else 1.0
+
+
+def training_pair(
+    acs_channels: torch.Tensor, acceleration: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs [1, 2Nc, kx, L] and targets [1, 2Nc (R-1), kx - 6, L - 2R] from the ACS channels.
+
+    Output (x, y) of the dilated networks sees ACS lines y, y + R, y + 2R around readout x + 3
+    and must predict lines y + 1 .. y + R - 1 there.
+    """
+    channels, kx, lines = acs_channels.shape
+    positions = lines - (RECEPTIVE_LATTICE_LINES - 1) * acceleration
+    targets = torch.stack(
+        [
+            acs_channels[:, KX_MARGIN : kx - KX_MARGIN, offset : offset + positions]
+            for offset in range(1, acceleration)
+        ],
+        dim=1,
+    )
+    return acs_channels[None], targets.reshape(1, channels * (acceleration - 1), kx - 6, positions)
+
+
+def fit_linear_kernel(
+    inputs: torch.Tensor, targets: torch.Tensor, acceleration: int, regularization: float
+) -> torch.Tensor:
+    """Least-squares (Tikhonov) linear kernel [out, in, 7, 3] over the CNN's receptive field.
+
+    This is GRAPPA with real and imaginary parts as separate channels, solved in float64.
+    """
+    patches = functional.unfold(
+        inputs.double(), (RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES), dilation=(1, acceleration)
+    )[0]
+    wanted = targets.double().reshape(targets.shape[1], -1)
+    gram = patches @ patches.T
+    damping = regularization * torch.trace(gram) / gram.shape[0]
+    gram += damping * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+    kernel = torch.linalg.solve(gram, patches @ wanted.T).T
+    return kernel.reshape(
+        targets.shape[1], inputs.shape[1], RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES
+    ).to(inputs.dtype)
+
+
+def _loss(
+    networks: RakiNetworks | ResidualRakiNetworks,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    acceleration: int,
+    linear_weight: float,
+) -> torch.Tensor:
+    if isinstance(networks, ResidualRakiNetworks):
+        linear, total = networks.forward_parts(inputs, acceleration)
+        return (total - targets).square().sum() + linear_weight * (linear - targets).square().sum()
+    return (networks(inputs, acceleration) - targets).square().sum()
+
+
+def fit_networks(
+    networks: RakiNetworks | ResidualRakiNetworks,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    acceleration: int,
+    *,
+    iterations: int = DEFAULT_ITERATIONS,
+    learning_rate: float = 3e-3,
+    linear_weight: float = 1.0,
+    progress: ProgressCallback | None = None,
+    slice_index: int = 0,
+) -> list[float]:
+    """Adam on the ACS pair; returns the loss of every iteration.
+
+    Losses stay on the device and are read back every REPORT_EVERY iterations only, so that a
+    GPU never waits for the host inside the loop.
+    """
+    optimizer = torch.optim.Adam(networks.parameters(), lr=learning_rate)
+    losses = torch.empty(iterations, device=inputs.device)
+    curve: list[float] = []
+    for iteration in range(iterations):
+        optimizer.zero_grad(set_to_none=True)
+        loss = _loss(networks, inputs, targets, acceleration, linear_weight)
+        loss.backward()
+        optimizer.step()
+        losses[iteration] = loss.detach()
+        done = iteration + 1
+        if done % REPORT_EVERY == 0 or done == iterations:
+            curve.extend(losses[len(curve) : done].tolist())
+            if progress is not None:
+                progress(
+                    {
+                        "slice": slice_index,
+                        "iteration": done,
+                        "iterations": iterations,
+                        "loss": curve[-1],
+                    }
+                )
+    return curve
+
+
+def train_slice(
+    acs: np.ndarray,
+    acceleration: int,
+    method: str,
+    config: TrainingConfig,
+    device: torch.device,
+    *,
+    progress: ProgressCallback | None = None,
+    slice_index: int = 0,
+) -> tuple[RakiNetworks | ResidualRakiNetworks, float, list[float]]:
+    """Networks fitted to one slice's ACS [coil, kx, L]; also the ACS scale and the loss curve."""
+    scale = acs_scale(acs)
+    channels = torch.from_numpy(to_channels(acs / scale)).to(device)
+    inputs, targets = training_pair(channels, acceleration)
+    generator = torch.Generator().manual_seed(config.seed)
+    networks = build_networks(method, acs.shape[0], acceleration, config.hidden, generator)
+    networks = networks.to(device)
+    if isinstance(networks, ResidualRakiNetworks):
+        with torch.no_grad():
+            networks.linear.weight.copy_(
+                fit_linear_kernel(inputs, targets, acceleration, config.linear_regularization)
+            )
+    curve = fit_networks(
+        networks,
+        inputs,
+        targets,
+        acceleration,
+        iterations=config.iterations,
+        learning_rate=config.learning_rate,
+        linear_weight=config.linear_weight,
+        progress=progress,
+        slice_index=slice_index,
+    )
+    return networks, scale, curve
+
+
+def train_scan(
+    scan: Scan,
+    method: str = "raki",
+    *,
+    device: str = "auto",
+    iterations: int | None = None,
+    progress: ProgressCallback | None = None,
+    config: TrainingConfig | None = None,
+) -> RakiWeights:
+    """Train every slice's networks on its ACS; the weights can be saved and applied later."""
+    if method not in NEURAL_METHODS:
+        raise InvalidScanError(
+            f"method {method!r} has no networks to train; choose one of {', '.join(NEURAL_METHODS)}"
+        )
+    check_trainable(scan)
+    config = config or TrainingConfig()
+    if iterations is not None:
+        if iterations < 1:
+            raise InvalidScanError(f"iterations must be >= 1, got {iterations}")
+        config = TrainingConfig(**{**asdict(config), "iterations": iterations})
+    torch_device = resolve_device(device)
+    start = time.perf_counter()
+    state_dicts, scales, curves = [], [], []
+    acs = scan.acs_kspace()
+    for slice_index in range(scan.num_slices):
+        networks, scale, curve = train_slice(
+            acs[slice_index],
+            scan.acceleration,
+            method,
+            config,
+            torch_device,
+            progress=progress,
+            slice_index=slice_index,
+        )
+        state_dicts.append({k: v.detach().cpu() for k, v in networks.state_dict().items()})
+        scales.append(scale)
+        curves.append(curve)
+    return RakiWeights(
+        method=method,
+        acceleration=scan.acceleration,
+        num_coils=scan.num_coils,
+        matrix=scan.matrix,
+        acs_lines=scan.acs.lines if scan.acs is not None else 0,
+        state_dicts=state_dicts,
+        scales=scales,
+        hyperparameters={**config.as_dict(), "device": str(torch_device)},
+        loss_curves=curves,
+        input_sha256=kspace_sha256(scan.kspace),
+        train_seconds=time.perf_counter() - start,
+    )

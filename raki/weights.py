@@ -1,0 +1,160 @@
+"""Trained RAKI networks with what they were trained on, saved once and applied to later scans.
+
+A file holds, per slice, the fused networks' state dict and the scale the ACS was divided by,
+plus metadata: method, R, ACS block, coils, matrix, hyperparameters, loss curves, the sha256 of
+the training k-space and the library version. Files are written atomically (a temporary file
+in the same folder, then os.replace) and read with `torch.load(weights_only=True)`, which
+unpickles tensors and plain containers only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from raki import __version__
+from raki.errors import FileFormatError, IncompatibleWeightsError
+from raki.scan import Scan
+
+FORMAT = "raki-weights"
+FORMAT_VERSION = 1
+
+
+def kspace_sha256(kspace: np.ndarray) -> str:
+    """Checksum of the k-space bytes (complex64, C order), to tell which data trained a file."""
+    data = np.ascontiguousarray(kspace, dtype=np.complex64)
+    return hashlib.sha256(data.tobytes()).hexdigest()
+
+
+@dataclass
+class RakiWeights:
+    """The networks of every slice of one scan and the facts needed to apply them safely."""
+
+    method: str
+    acceleration: int
+    num_coils: int
+    matrix: tuple[int, int]
+    acs_lines: int
+    state_dicts: list[dict[str, torch.Tensor]]
+    scales: list[float]
+    hyperparameters: dict[str, object] = field(default_factory=dict)
+    loss_curves: list[list[float]] = field(default_factory=list)
+    input_sha256: str = ""
+    library_version: str = __version__
+    train_seconds: float = 0.0
+
+    @property
+    def num_slices(self) -> int:
+        return len(self.state_dicts)
+
+    def metadata(self) -> dict[str, object]:
+        """Everything but the tensors, for logs, manifests and `--json`."""
+        return {
+            "method": self.method,
+            "acceleration": self.acceleration,
+            "num_coils": self.num_coils,
+            "matrix": list(self.matrix),
+            "num_slices": self.num_slices,
+            "acs_lines": self.acs_lines,
+            "scales": list(self.scales),
+            "hyperparameters": dict(self.hyperparameters),
+            "final_losses": [curve[-1] if curve else None for curve in self.loss_curves],
+            "input_sha256": self.input_sha256,
+            "library_version": self.library_version,
+            "train_seconds": self.train_seconds,
+        }
+
+    def check_compatible(self, scan: Scan, method: str) -> None:
+        """Raise IncompatibleWeightsError naming the first thing that does not fit `scan`.
+
+        The networks are convolutions, so the ky size and the lattice phase may differ from the
+        training scan; the method, coils, R, slice count and readout size may not.
+        """
+        problems = [
+            (method != self.method, f"they were trained for {self.method!r}, not {method!r}"),
+            (
+                scan.num_coils != self.num_coils,
+                f"they expect {self.num_coils} coils, the scan has {scan.num_coils}",
+            ),
+            (
+                scan.acceleration != self.acceleration,
+                f"they were trained at R={self.acceleration}, the scan has R={scan.acceleration}",
+            ),
+            (
+                scan.num_slices != self.num_slices,
+                f"they hold {self.num_slices} slice(s), the scan has {scan.num_slices}",
+            ),
+            (
+                scan.matrix[0] != self.matrix[0],
+                f"they were trained on {self.matrix[0]} readout points, the scan has "
+                f"{scan.matrix[0]}",
+            ),
+        ]
+        for failed, reason in problems:
+            if failed:
+                raise IncompatibleWeightsError(f"weights do not fit this scan: {reason}")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the weights atomically to `path`; returns the path."""
+        path = Path(path)
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            **{key: value for key, value in asdict(self).items() if key != "state_dicts"},
+            "matrix": list(self.matrix),
+            "state_dicts": [
+                {name: tensor.detach().cpu() for name, tensor in state.items()}
+                for state in self.state_dicts
+            ],
+        }
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                torch.save(payload, stream)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> RakiWeights:
+        """Read weights written by `save`; FileFormatError if the file is not such a file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileFormatError(path, "no such weights file")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many types for corrupt or foreign files
+            raise FileFormatError(
+                path, f"not a readable weights file ({type(error).__name__})"
+            ) from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise FileFormatError(path, "not a raki weights file")
+        if payload.get("format_version") != FORMAT_VERSION:
+            raise FileFormatError(
+                path, f"weights format version {payload.get('format_version')} is not supported"
+            )
+        try:
+            return cls(
+                method=str(payload["method"]),
+                acceleration=int(payload["acceleration"]),
+                num_coils=int(payload["num_coils"]),
+                matrix=(int(payload["matrix"][0]), int(payload["matrix"][1])),
+                acs_lines=int(payload["acs_lines"]),
+                state_dicts=list(payload["state_dicts"]),
+                scales=[float(scale) for scale in payload["scales"]],
+                hyperparameters=dict(payload["hyperparameters"]),
+                loss_curves=[list(curve) for curve in payload["loss_curves"]],
+                input_sha256=str(payload["input_sha256"]),
+                library_version=str(payload["library_version"]),
+                train_seconds=float(payload["train_seconds"]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise FileFormatError(path, f"weights file lacks or garbles {error}") from None
