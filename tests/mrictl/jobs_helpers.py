@@ -33,6 +33,7 @@ def write_tiny_scan(path: Path, *, seed: int = 0, undersampled: bool = False) ->
     scan = simulate_scan(**TINY, seed=seed)
     if undersampled:
         scan = scan.undersampled(2, 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
     return write_fastmri(scan, path)
 
 

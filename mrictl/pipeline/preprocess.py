@@ -1,0 +1,102 @@
+"""The preprocess stage: an uploaded package becomes the scan's canonical fastMRI HDF5.
+
+Unpacks the upload into the job's fresh work folder with every check of `extract_package`,
+verifies checksums and formats, reads the scan, writes `preprocessed/<scan_id>.h5` and queues the
+recon job that was asked for. Idempotent: a scan already preprocessed is not converted again.
+
+Identifiers: the canonical file keeps the scan's patient and study identifiers (in its
+`ismrmrd_header`), because the DICOM output must be filed under the right patient and study.
+They stay inside that file in the store; keys, logs, job records, the manifest and result.json
+never carry them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mrictl.backends.base import PREPROCESSED, UPLOADS
+from mrictl.pipeline.packaging import (
+    ExtractLimits,
+    Manifest,
+    PackageError,
+    extract_package,
+    is_scan_id,
+)
+
+if TYPE_CHECKING:
+    from mrictl.worker import StageContext
+
+EXTRACT_LIMITS = ExtractLimits()
+
+
+def detected_format(path: Path) -> str | None:
+    """The format raki recognises `path` as, or None when it recognises none."""
+    from raki.errors import RakiError
+    from raki.io import detect_format
+
+    try:
+        found = detect_format(path)
+    except (RakiError, ValueError):
+        return None
+    return found if found and found != "unknown" else None
+
+
+def check_formats(manifest: Manifest, folder: Path) -> None:
+    """Every file must be in a format raki reads, the one the manifest recorded."""
+    for entry in manifest.files:
+        found = detected_format(folder / entry.name)
+        if found is None:
+            raise PackageError(f"{entry.name}: unknown format")
+        if found != entry.format:
+            raise PackageError(f"{entry.name}: is {found}, but the manifest says {entry.format}")
+
+
+def convert(manifest: Manifest, folder: Path, canonical: Path) -> dict[str, Any]:
+    """Read the package's scan and write it as canonical fastMRI HDF5; returns its summary."""
+    from raki.io import read_scan
+    from raki.io.fastmri import write_fastmri
+
+    scan = read_scan(folder / manifest.scan_file, **manifest.read_options)
+    write_fastmri(scan, canonical)
+    return scan.summary()
+
+
+def run_preprocess(context: StageContext) -> dict[str, Any]:
+    """Stage entry point (see the module docstring); returns the job's result."""
+    scan_id = context.payload.get("scan_id")
+    if not isinstance(scan_id, str) or not is_scan_id(scan_id):
+        raise PackageError(f"job payload has no valid scan id ({scan_id!r})")
+    output_key = f"{PREPROCESSED}/{scan_id}.h5"
+    summary = None
+    if context.backend.store.exists(output_key):
+        context.log(f"{scan_id} already preprocessed: reusing it")
+    else:
+        upload = context.work_dir / f"{scan_id}.tar"
+        context.backend.store.get_file(f"{UPLOADS}/{scan_id}.tar", upload)
+        manifest = extract_package(upload, context.work_dir / "unpacked", limits=EXTRACT_LIMITS)
+        upload.unlink()
+        if manifest.scan_id != scan_id:
+            raise PackageError(f"{upload.name}: holds scan {manifest.scan_id}, not {scan_id}")
+        check_formats(manifest, context.work_dir / "unpacked")
+        context.log(f"unpacked {len(manifest.files)} file(s); checksums and formats verified")
+        canonical = context.work_dir / "canonical.h5"
+        summary = convert(manifest, context.work_dir / "unpacked", canonical)
+        context.pause_for_tests()
+        context.publish(canonical, output_key)
+        context.log(f"wrote {output_key}")
+    next_job_id = context.enqueue_next(
+        "recon",
+        {
+            "scan_id": scan_id,
+            "method": context.payload.get("method"),
+            "options": context.payload.get("options") or {},
+        },
+    )
+    context.log(f"queued recon job {next_job_id}")
+    return {
+        "scan_id": scan_id,
+        "outputs": [output_key],
+        "next_job_id": next_job_id,
+        "summary": summary,
+    }

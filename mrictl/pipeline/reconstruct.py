@@ -1,0 +1,132 @@
+"""The recon stage: the canonical HDF5 of a scan in, `reconstructed/<job_id>/` out.
+
+Runs the same reconstruction as `mrictl recon run` (mrictl.reconstruction: retrospective
+undersampling of a fully sampled scan, which then is its own reference for the metrics), writes
+every output into the job's work folder, and only then publishes them, `result.json` last, each
+object atomically: a cancelled or lost attempt never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mrictl import __version__
+from mrictl.backends.base import PREPROCESSED
+from mrictl.pipeline.packaging import PackageError, is_scan_id
+from raki.scan import Scan
+
+if TYPE_CHECKING:
+    from mrictl.worker import StageContext
+
+RESULT_NAME = "result.json"
+RECONSTRUCTION_NAME = "reconstruction.h5"
+
+
+def write_outputs(image: np.ndarray, scan: Scan, out_dir: Path, *, method: str) -> list[Path]:
+    """The viewer-facing outputs beside reconstruction.h5: DICOM series, NIfTI, PNG previews.
+
+    The single place where those writers are called; each is used when its module is there.
+    """
+    written: list[Path] = []
+    try:
+        from raki.io.dicom import write_dicom_series
+    except ImportError:
+        pass
+    else:
+        written += write_dicom_series(image, scan, out_dir / "dicom", method=method)
+    try:
+        from raki.io.nifti import write_nifti
+    except ImportError:
+        pass
+    else:
+        written.append(write_nifti(image, scan, out_dir / "reconstruction.nii.gz"))
+    try:
+        from raki.io.png import write_previews
+    except ImportError:
+        pass
+    else:
+        written += write_previews(image, out_dir / "preview")
+    return written
+
+
+def write_json(path: Path, document: dict[str, Any]) -> Path:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)
+    return path
+
+
+def _options(payload: dict[str, Any]) -> Any:
+    from mrictl.reconstruction import ReconOptions
+    from raki.recon import DEFAULT_METHOD
+
+    options = payload.get("options") or {}
+    return ReconOptions(
+        method=payload.get("method") or DEFAULT_METHOD,
+        acceleration=options.get("acceleration"),
+        acs_lines=options.get("acs_lines"),
+        device=options.get("device", "auto"),
+        iterations=options.get("iterations"),
+    )
+
+
+def run_recon(context: StageContext) -> dict[str, Any]:
+    """Stage entry point (see the module docstring); returns the job's result."""
+    from mrictl.reconstruction import run_reconstruction
+    from raki.io.fastmri import read_fastmri
+    from raki.io.reconstruction import write_reconstruction
+
+    scan_id = context.payload.get("scan_id")
+    if not isinstance(scan_id, str) or not is_scan_id(scan_id):
+        raise PackageError(f"job payload has no valid scan id ({scan_id!r})")
+    options = _options(context.payload)
+    started = time.perf_counter()
+    source = context.work_dir / "scan.h5"
+    context.backend.store.get_file(f"{PREPROCESSED}/{scan_id}.h5", source)
+    scan = read_fastmri(source)
+    read_s = time.perf_counter() - started
+    context.log(f"reconstructing with {options.method}")
+    done = run_reconstruction(scan, options, progress=context.progress)
+    context.check()
+    out_dir = context.work_dir / "outputs"
+    out_dir.mkdir()
+    attrs = done.attrs()
+    timings = {"read_s": round(read_s, 4), **attrs.get("timings", {})}
+    write_started = time.perf_counter()
+    write_reconstruction(out_dir / RECONSTRUCTION_NAME, done.result.image, attrs)
+    write_outputs(done.result.image, done.scan, out_dir, method=options.method)
+    timings["write_s"] = round(time.perf_counter() - write_started, 4)
+    summary = {
+        "job_id": context.job.job_id,
+        "scan_id": scan_id,
+        **attrs,
+        "timings": timings,
+        "tool": f"mrictl {__version__}",
+    }
+    write_json(out_dir / RESULT_NAME, summary)
+    context.pause_for_tests()
+    files = sorted(
+        (path for path in out_dir.rglob("*") if path.is_file()),
+        key=lambda path: (path.name == RESULT_NAME, path.as_posix()),
+    )
+    outputs = []
+    for path in files:
+        key = context.output_prefix + path.relative_to(out_dir).as_posix()
+        context.publish(path, key)
+        outputs.append(key)
+    context.log(f"published {len(outputs)} output file(s)")
+    return {
+        "scan_id": scan_id,
+        "method": attrs.get("method"),
+        "acceleration": attrs.get("acceleration"),
+        "acs_lines": attrs.get("acs_lines"),
+        "outputs": outputs,
+        "metrics": attrs.get("metrics") or {},
+        "timings": timings,
+    }

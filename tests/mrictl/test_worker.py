@@ -1,0 +1,206 @@
+"""Workers as real processes on a real SQLite queue: exactly-once results, leases, dead letters.
+
+A slow stage is made with MRICTL_DEBUG_STAGE_SLEEP_S (a test-only hook in mrictl.worker): the
+stage sleeps after writing its outputs into its work folder and before publishing them, so a
+worker can be killed or cancelled exactly there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from mrictl.backends.local import LocalBackend
+from mrictl.pipeline import jobs
+from mrictl.worker import DEBUG_SLEEP_ENV, run_worker, spawn_workers, worker_command
+from raki.io.reconstruction import read_reconstruction
+from tests.mrictl.jobs_helpers import (
+    RETROSPECTIVE,
+    put_preprocessed,
+    requires_read_scan,
+    tree,
+    write_tiny_scan,
+)
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LocalBackend:
+    return LocalBackend(tmp_path / "home")
+
+
+@pytest.fixture
+def scan_id(backend, tmp_path) -> str:
+    return put_preprocessed(backend, write_tiny_scan(tmp_path / "scan.h5"))
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        process.wait(timeout=60)
+
+
+def assert_complete_outputs(backend: LocalBackend, job_id: str) -> dict:
+    """Every output the record lists is there, whole, and nothing else is under the job."""
+    record = jobs.get_record(backend, job_id)
+    prefix = f"reconstructed/{job_id}/"
+    assert sorted(record["outputs"]) == backend.store.list(prefix)
+    assert f"{prefix}result.json" in record["outputs"]
+    folder = backend.store.root / prefix
+    assert not [name for name in tree(folder) if Path(name).name.startswith(".")]
+    result = json.loads((folder / "result.json").read_text())
+    assert result["job_id"] == job_id and result["method"] == "zerofill"
+    image, attrs = read_reconstruction(folder / "reconstruction.h5")
+    assert image.shape == (1, 32, 24) and attrs["method"] == "zerofill"
+    return record
+
+
+@requires_read_scan
+@pytest.mark.slow
+def test_fifty_jobs_two_worker_processes_each_done_exactly_once(backend, scan_id):
+    workers = spawn_workers(2, backend.home, stages=("recon",), poll_interval=0.1)
+    try:
+        ids = [
+            jobs.enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
+            for _ in range(50)
+        ]
+        wait_until(
+            lambda: all(r["state"] == "succeeded" for r in jobs.status(backend)),
+            timeout=240,
+            what="50 jobs",
+        )
+    finally:
+        stop(workers)
+    claims = backend.queue.claims()
+    assert Counter(claim.job_id for claim in claims) == Counter(ids)  # each claimed once
+    assert len({claim.worker_id for claim in claims}) == 2  # both processes took part
+    for job_id in ids:
+        assert assert_complete_outputs(backend, job_id)["attempts"] == 1
+    assert [p.returncode for p in workers] == [0, 0]
+    assert list(backend.scratch_dir.iterdir()) == []
+
+
+@requires_read_scan
+@pytest.mark.slow
+def test_killed_worker_job_is_finished_by_another_after_lease_expiry(backend, scan_id):
+    job_id = jobs.enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
+    [doomed] = spawn_workers(1, backend.home, lease_seconds=2, env={DEBUG_SLEEP_ENV: "60"})
+    rescuers: list[subprocess.Popen] = []
+    try:
+        # Outputs written in its work folder, none published: kill it there.
+        wait_until(
+            lambda: any(backend.scratch_dir.glob(f"{job_id}-*/outputs/result.json")),
+            what="the first worker to write its outputs",
+        )
+        # The second worker starts while the first still renews its lease: it must wait.
+        rescuers = spawn_workers(1, backend.home, lease_seconds=2, poll_interval=0.1)
+        time.sleep(1.0)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=30)
+        assert backend.store.list(f"reconstructed/{job_id}/") == []
+        final = jobs.wait(backend, job_id, timeout=120)
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+        stop(rescuers)
+    assert final["state"] == "succeeded" and final["attempts"] == 2
+    claims = backend.queue.claims(job_id)
+    assert [c.attempt for c in claims] == [1, 2]
+    assert claims[0].worker_id != claims[1].worker_id
+    assert_complete_outputs(backend, job_id)
+    assert len(backend.queue.list(stage="recon")) == 1
+    assert list(backend.scratch_dir.iterdir()) == []  # the dead worker's leftovers are gone
+    messages = [line["message"] for line in jobs.logs(backend, job_id)]
+    assert any("stopped renewing its lease" in message for message in messages)
+
+
+def test_missing_input_is_retried_then_dead_lettered_with_its_reason(backend):
+    job_id = backend.queue.enqueue("preprocess", {"scan_id": "scan-00000000000000ff"})
+    assert run_worker(backend, once=True, worker_id="w", lease_seconds=30) == 3
+    record = jobs.get_record(backend, job_id)
+    assert record["state"] == "failed" and record["attempts"] == 3
+    assert record["error"] == (
+        "uploads/scan-00000000000000ff.tar: no such object in the store (gave up after 3 attempts)"
+    )
+    messages = [line["message"] for line in jobs.logs(backend, job_id)]
+    assert [m for m in messages if m.startswith("attempt") and "started" in m] == [
+        "attempt 1/3 started on w",
+        "attempt 2/3 started on w",
+        "attempt 3/3 started on w",
+    ]
+    assert messages[-1] == "dead-lettered (no attempts left)"
+    assert list(backend.scratch_dir.iterdir()) == []
+
+
+@requires_read_scan
+def test_bad_request_fails_at_once_without_retry(backend, scan_id):
+    job_id = jobs.enqueue_recon(backend, scan_id, method="zerofill")  # fully sampled, no --accel
+    run_worker(backend, once=True, lease_seconds=30)
+    record = jobs.get_record(backend, job_id)
+    assert record["state"] == "failed" and record["attempts"] == 1
+    assert "fully sampled" in record["error"] and "\n" not in record["error"]
+
+
+@requires_read_scan
+def test_cancelled_running_job_stops_at_heartbeat_and_publishes_nothing(
+    backend, scan_id, monkeypatch
+):
+    monkeypatch.setenv(DEBUG_SLEEP_ENV, "30")
+    job_id = jobs.enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
+    done = []
+    worker = threading.Thread(
+        target=lambda: done.append(run_worker(backend, once=True, lease_seconds=0.6))
+    )
+    worker.start()
+    wait_until(lambda: any(backend.scratch_dir.glob(f"{job_id}-*/outputs/result.json")))
+    started = time.monotonic()
+    jobs.cancel(backend, job_id)
+    worker.join(timeout=30)
+    assert not worker.is_alive() and done == [1]
+    assert time.monotonic() - started < 5  # noticed at a heartbeat, not after the 30 s sleep
+    record = jobs.get_record(backend, job_id)
+    assert record["state"] == "cancelled" and record["outputs"] == []
+    assert backend.store.list("reconstructed/") == []
+    assert list(backend.scratch_dir.iterdir()) == []
+
+
+def test_stop_event_ends_an_idle_worker(backend):
+    stop_event = threading.Event()
+    result = []
+    worker = threading.Thread(
+        target=lambda: result.append(run_worker(backend, stop_event=stop_event, poll_interval=0.05))
+    )
+    worker.start()
+    time.sleep(0.2)
+    stop_event.set()
+    worker.join(timeout=10)
+    assert result == [0]
+
+
+def test_worker_module_runs_as_a_process(backend):
+    completed = subprocess.run(
+        worker_command(backend.home, once=True),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "MRICTL_LOG_LEVEL": "INFO"},
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "stopped after 0 job(s)" in completed.stderr
