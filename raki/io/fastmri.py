@@ -162,7 +162,7 @@ def _header(path: Path, document: object) -> HeaderInfo:
     try:
         return parse_ismrmrd_header(text)
     except ValueError as exc:
-        raise FileFormatError(path, f"ismrmrd_header: {exc}") from None
+        raise FileFormatError(path, f"ismrmrd_header attribute {exc}") from None
 
 
 def _text(value: object) -> str | None:

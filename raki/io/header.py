@@ -56,17 +56,17 @@ class HeaderInfo:
 
 
 def parse_ismrmrd_header(document: str | bytes) -> HeaderInfo:
-    """Read the fields we use; raises ValueError when the text is not an ISMRMRD header."""
+    """Read the fields we use; ValueError ("is not valid XML ...") for a broken header."""
     if len(document) > MAX_HEADER_BYTES:
-        raise ValueError(f"ISMRMRD header of {len(document)} bytes is implausibly large")
+        raise ValueError(f"is implausibly large ({len(document)} bytes)")
     try:
         root = ElementTree.fromstring(document)
     except ElementTree.ParseError as exc:
-        raise ValueError(f"ISMRMRD header is not valid XML ({exc})") from None
+        raise ValueError(f"is not valid XML ({exc})") from None
     for element in root.iter():
         element.tag = element.tag.rpartition("}")[2]
     if root.tag != "ismrmrdHeader":
-        raise ValueError(f"XML header's root is <{root.tag}>, not <ismrmrdHeader>")
+        raise ValueError(f"has the root <{root.tag}>, not <ismrmrdHeader>")
 
     encoding = root.find("encoding")
     matrix = fov = ky_limits = None

@@ -155,9 +155,14 @@ def _header(path: Path, group: h5py.Group) -> HeaderInfo:
         raise FileFormatError(path, "ISMRMRD 'xml' header is not a string dataset")
     try:
         document = dataset[0]
-        info = parse_ismrmrd_header(document)
     except (OSError, ValueError, TypeError) as exc:
-        raise FileFormatError(path, f"ISMRMRD header: {exc}") from None
+        raise FileFormatError(
+            path, f"cannot read the ISMRMRD header ({exc.__class__.__name__})"
+        ) from None
+    try:
+        info = parse_ismrmrd_header(document)
+    except (ValueError, TypeError) as exc:
+        raise FileFormatError(path, f"ISMRMRD header {exc}") from None
     if info.trajectory not in (None, "cartesian"):
         raise FileFormatError(
             path, f"has a {info.trajectory} trajectory; only Cartesian k-space is supported"

@@ -26,6 +26,7 @@ import struct
 import tempfile
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import twixtools
@@ -65,37 +66,36 @@ def read_twix(path: Path) -> Scan:
         raise FileFormatError(path, str(exc)) from exc
 
 
-def measurement_offsets(handle: io.BufferedReader, size: int) -> tuple[bool, list[tuple[int, int]]]:
-    """(is VD/VE, [(offset, length)] of each measurement), from the file's first bytes.
+def measurement_offsets(handle: BinaryIO, size: int) -> tuple[bool, list[tuple[int, int]]]:
+    """(is VD/VE, [(offset, length)] of each measurement) as the file's first bytes state them.
 
-    Raises ValueError when the bytes are not a twix layout.
+    The first measurement must start with a protocol header (length, buffer count, a buffer
+    name such as "Config"); later ones are checked when read. Raises ValueError otherwise.
     """
     handle.seek(0)
     first, second = struct.unpack("<II", handle.read(8))
-    if first < 10000 and 0 < second <= 64:  # VD/VE: a multi-RAID header with `second` entries
-        entries = []
+    is_vd = first < 10000 and 0 < second <= 64  # twixtools' test: a multi-RAID table
+    measurements = [(0, size)]
+    if is_vd:
+        measurements = []
         for index in range(second):
             handle.seek(8 + index * _RAID_ENTRY_BYTES + 8)
             offset, length = struct.unpack("<QQ", handle.read(16))
-            if length == 0 and second == 1:
-                length = size - offset
-            if not 0 < offset < size or offset + length > size + 512:
-                raise ValueError(f"measurement {index} lies outside the file")
-            entries.append((offset, min(length, size - offset)))
-        measurements = entries
-        is_vd = True
-    else:
-        measurements = [(0, size)]
-        is_vd = False
-    for offset, length in measurements:
-        handle.seek(offset)
-        header_length, buffers = struct.unpack("<II", handle.read(8))
-        name = handle.read(48)
-        if not (8 < header_length < length and 0 < buffers < 64):
-            raise ValueError("no protocol header at the measurement start")
-        if not re.match(rb"[A-Za-z]\w{3,}\x00", name):
-            raise ValueError("no protocol buffer name at the measurement start")
+            measurements.append((offset, length if length or second > 1 else size - offset))
+    _check_protocol_header(handle, *measurements[0])
     return is_vd, measurements
+
+
+def _check_protocol_header(handle: BinaryIO, offset: int, length: int) -> None:
+    handle.seek(offset)
+    start = handle.read(56)
+    if len(start) < 56:
+        raise ValueError("the measurement header lies past the end of the file")
+    header_length, buffers = struct.unpack_from("<II", start)
+    if not (8 < header_length < length and 0 < buffers < 64):
+        raise ValueError("no protocol header at the measurement start")
+    if not re.match(rb"[A-Za-z]\w{3,}\x00", start[8:]):
+        raise ValueError("no protocol buffer name at the measurement start")
 
 
 def _check_measurement_blocks(path: Path) -> None:
@@ -110,6 +110,11 @@ def _check_measurement_blocks(path: Path) -> None:
         with open(path, "rb") as handle:
             is_vd, measurements = measurement_offsets(handle, size)
             offset, length = measurements[-1]
+            if offset + length > size:
+                raise ValueError(
+                    f"truncated: the image scan needs {offset + length} bytes, the file has {size}"
+                )
+            _check_protocol_header(handle, offset, length)
             handle.seek(offset)
             header_length = struct.unpack("<I", handle.read(4))[0]
             position, end = offset + header_length, offset + length
