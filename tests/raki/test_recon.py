@@ -1,0 +1,121 @@
+"""reconstruct(): RAKI and rRAKI fill what was skipped, keep what was measured, keep the scale."""
+
+import numpy as np
+import pytest
+
+from raki.errors import InvalidScanError
+from raki.fft import rss_image
+from raki.metrics import nmse
+from raki.phantom import simulate_scan
+from raki.recon import DEFAULT_METHOD, METHODS, ReconResult, reconstruct
+from raki.scan import Scan
+from tests.raki.test_train import undersampled
+
+MATRIX = (48, 40)
+
+
+@pytest.fixture(scope="module")
+def phantom() -> Scan:
+    return simulate_scan(MATRIX, num_coils=6, snr=50.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def scan(phantom) -> Scan:
+    return undersampled(phantom, 3, 12)
+
+
+@pytest.fixture(scope="module")
+def results(scan) -> dict[str, ReconResult]:
+    return {method: reconstruct(scan, method, iterations=150) for method in ("raki", "rraki")}
+
+
+def test_methods_listed_and_default_among_them():
+    assert set(METHODS) == {"raki", "rraki", "grappa", "zerofill"}
+    assert DEFAULT_METHOD in METHODS
+
+
+@pytest.mark.parametrize("method", ["raki", "rraki"])
+def test_far_better_than_zero_filling(phantom, scan, results, method):
+    reference = rss_image(phantom.kspace)
+    zero_filled = nmse(reference, reconstruct(scan, "zerofill").image)
+    assert nmse(reference, results[method].image) < 0.4 * zero_filled
+
+
+@pytest.mark.parametrize("method", ["raki", "rraki"])
+def test_acquired_lines_kept_and_every_skipped_line_filled(scan, results, method):
+    kspace = results[method].kspace
+    assert kspace.shape == scan.kspace.shape and kspace.dtype == np.complex64
+    np.testing.assert_array_equal(kspace[..., scan.sampled], scan.kspace[..., scan.sampled])
+    acs = scan.acs.as_slice()
+    np.testing.assert_array_equal(kspace[..., acs], scan.kspace[..., acs])
+    skipped = ~scan.sampled
+    # Skipped lines at both ky ends and the readout borders of skipped lines are predicted too.
+    assert skipped[0] and skipped[-1]
+    assert np.all(np.abs(kspace[..., skipped]).sum(axis=(0, 1)) > 0)
+    assert np.all(np.abs(kspace[:, :, [0, -1]][..., skipped]) > 0)
+
+
+@pytest.mark.parametrize("method", ["raki", "rraki"])
+def test_result_reports_image_timings_and_training(scan, results, method):
+    result = results[method]
+    assert result.method == method
+    assert result.image.shape == (1, *MATRIX) and result.image.dtype == np.float32
+    np.testing.assert_allclose(result.image, rss_image(result.kspace))
+    assert set(result.timings) == {"train_s", "apply_s", "total_s"}
+    assert result.timings["total_s"] >= result.timings["train_s"] > 0
+    details = result.details
+    assert details["iterations"] == 150 and details["device"] == "cpu"
+    assert len(details["loss_curve"][0]) == 150
+    assert details["final_loss"] == details["loss_curve"][0][-1]
+    assert details["hyperparameters"]["learning_rate"] == 3e-3
+
+
+@pytest.mark.parametrize(("acceleration", "acs_lines"), [(2, 6), (3, 9), (4, 12), (5, 11)])
+def test_any_acceleration_with_odd_or_even_acs(phantom, acceleration, acs_lines):
+    scan = undersampled(phantom, acceleration, acs_lines)
+    result = reconstruct(scan, "rraki", iterations=20)
+    np.testing.assert_array_equal(result.kspace[..., scan.sampled], scan.kspace[..., scan.sampled])
+    assert np.all(np.abs(result.kspace).sum(axis=(0, 1, 2)) > 0)
+    reference = rss_image(phantom.kspace)
+    assert nmse(reference, result.image) < nmse(reference, reconstruct(scan, "zerofill").image)
+
+
+def test_each_slice_gets_its_own_networks():
+    full = simulate_scan((32, 24), num_coils=4, num_slices=2, seed=1)
+    scan = undersampled(full, 2, 8)
+    result = reconstruct(scan, "raki", iterations=30)
+    assert result.kspace.shape == scan.kspace.shape and result.image.shape == (2, 32, 24)
+    assert len(result.details["loss_curve"]) == 2
+    # Slice 1 alone gives the same result as slice 1 of the pair: nothing crosses slices.
+    alone = reconstruct(scan.replace(kspace=scan.kspace[1:]), "raki", iterations=30)
+    np.testing.assert_allclose(alone.kspace[0], result.kspace[1], rtol=1e-4, atol=1e-4)
+
+
+def test_image_on_the_scale_of_the_input(scan):
+    result = reconstruct(scan, "raki", iterations=20)
+    scaled = reconstruct(scan.replace(kspace=scan.kspace * 1000), "raki", iterations=20)
+    np.testing.assert_allclose(scaled.image, result.image * 1000, rtol=1e-3, atol=1e-3)
+
+
+def test_zerofill_and_unknown_method(scan):
+    result = reconstruct(scan, "zerofill")
+    np.testing.assert_array_equal(result.kspace, scan.kspace * scan.sampled)
+    with pytest.raises(InvalidScanError, match="unknown method 'sense'"):
+        reconstruct(scan, "sense")
+
+
+def test_grappa_is_wired(phantom, scan):
+    grappa = pytest.importorskip("raki.grappa")
+    if not hasattr(grappa, "reconstruct_grappa"):
+        pytest.skip("raki.grappa has no reconstruct_grappa yet")
+    result = reconstruct(scan, "grappa")
+    reference = rss_image(phantom.kspace)
+    assert nmse(reference, result.image) < nmse(reference, reconstruct(scan, "zerofill").image)
+    np.testing.assert_array_equal(result.kspace[..., scan.sampled], scan.kspace[..., scan.sampled])
+
+
+def test_refusals_name_the_problem(phantom):
+    with pytest.raises(InvalidScanError, match="fully sampled"):
+        reconstruct(phantom, "raki")
+    with pytest.raises(InvalidScanError, match="ACS of 6 lines is too small"):
+        reconstruct(undersampled(phantom, 3, 6), "rraki")
