@@ -173,17 +173,19 @@ def is_permanent(error: BaseException) -> bool:
 
 
 def failure_reason(error: BaseException) -> str:
-    """One line for the job record: no traceback, no directory paths."""
-    if isinstance(error, MrictlError):
-        text = error.message
+    """One line for the job record: no traceback, no directory paths.
+
+    Our own errors (MrictlError, raki's errors) already name files by base name only; other
+    messages may hold a path, which is cut to its last part.
+    """
+    if isinstance(error, MrictlError) or is_permanent(error):
+        text = str(error)
     elif isinstance(error, OSError):
         name = os.path.basename(str(error.filename)) if error.filename else ""
         text = f"{type(error).__name__}: {error.strerror or error}" + (f" ({name})" if name else "")
-    elif is_permanent(error):
-        text = str(error)
     else:
-        text = f"internal error ({type(error).__name__}: {error})"
-    return " ".join(_PATH.sub(r"\1", text).split())[:500]
+        text = _PATH.sub(r"\1", f"internal error ({type(error).__name__}: {error})")
+    return " ".join(text.split())[:500]
 
 
 def _fresh_work_dir(backend: Backend, job: Job) -> Path:

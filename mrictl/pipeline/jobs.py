@@ -153,6 +153,7 @@ def submit(
     options: Mapping[str, Any] | None = None,
     *,
     axis_order: str | None = None,
+    variable: str | None = None,
 ) -> dict[str, Any]:
     """Reconstruct a scan given as file(s) or as the id of an uploaded scan; returns the first job.
 
@@ -168,7 +169,7 @@ def submit(
             raise NotFoundError(f"{scan_id}: no such uploaded scan")
     else:
         paths = [Path(source)] if isinstance(source, str | Path) else [Path(p) for p in source]
-        scan_id, _ = store_scan(backend, paths, axis_order=axis_order)
+        scan_id, _ = store_scan(backend, paths, axis_order=axis_order, variable=variable)
     stage = "recon" if backend.store.exists(preprocessed_key(scan_id)) else "preprocess"
     job_id = backend.queue.enqueue(stage, {"scan_id": scan_id, **request})
     return job_record(backend.queue.get(job_id))

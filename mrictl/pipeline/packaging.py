@@ -29,6 +29,7 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
 SCAN_ID = re.compile(r"^scan-[0-9a-f]{16}$")
 CHUNK = 1 << 20
+READ_OPTIONS = ("axis_order", "variable")  # the read_scan options a manifest may carry
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -122,6 +123,11 @@ class Manifest:
         read_options = document.get("read_options", {})
         if not isinstance(summary, dict) or not isinstance(read_options, dict):
             raise ValueError("has a malformed summary or read_options")
+        if any(
+            name not in READ_OPTIONS or not isinstance(value, str)
+            for name, value in read_options.items()
+        ):
+            raise ValueError(f"has read_options other than {', '.join(READ_OPTIONS)}")
         return cls(
             scan_id=scan_id,
             files=tuple(files),
@@ -206,14 +212,21 @@ def _checked_inputs(paths: Sequence[Path]) -> list[Path]:
     return paths
 
 
-def _describe(paths: list[Path], hashes: list[tuple[int, str]], axis_order: str | None) -> Manifest:
+def read_options_of(axis_order: str | None, variable: str | None) -> dict[str, str]:
+    """How raki.io.read_scan must read an array file (.mat/.npy/.npz); kept in the manifest."""
+    options = {"axis_order": axis_order, "variable": variable}
+    return {name: value for name, value in options.items() if value}
+
+
+def _describe(
+    paths: list[Path], hashes: list[tuple[int, str]], read_options: dict[str, str]
+) -> Manifest:
     """Formats and the scan summary: the first file is the scan, others travel with it."""
     from raki.io import detect_format, read_scan
 
     files = []
     for path, (size, sha256) in zip(paths, hashes, strict=True):
         files.append(PackagedFile(path.name, size, sha256, detect_format(path)))
-    read_options = {"axis_order": axis_order} if axis_order else {}
     scan = read_scan(paths[0], **read_options)
     return Manifest(
         scan_id=scan_id_of(sha256 for _, sha256 in hashes),
@@ -274,7 +287,11 @@ def write_package(manifest: Manifest, paths: Sequence[Path], dest_dir: Path) -> 
 
 
 def package_scan(
-    paths: Sequence[Path], *, dest_dir: Path, axis_order: str | None = None
+    paths: Sequence[Path],
+    *,
+    dest_dir: Path,
+    axis_order: str | None = None,
+    variable: str | None = None,
 ) -> Package:
     """Package a scan's files into `dest_dir/<scan_id>.tar`; an identical package is kept as is."""
     inputs = _checked_inputs(paths)
@@ -285,7 +302,7 @@ def package_scan(
     final = Path(dest_dir) / f"{scan_id}.tar"
     if final.is_file():
         return Package(scan_id, final, None, already_present=True)
-    manifest = _describe(inputs, hashes, axis_order)
+    manifest = _describe(inputs, hashes, read_options_of(axis_order, variable))
     return Package(scan_id, write_package(manifest, inputs, Path(dest_dir)), manifest)
 
 
@@ -294,7 +311,11 @@ def upload_key(scan_id: str) -> str:
 
 
 def store_scan(
-    backend: Backend, paths: Sequence[Path], *, axis_order: str | None = None
+    backend: Backend,
+    paths: Sequence[Path],
+    *,
+    axis_order: str | None = None,
+    variable: str | None = None,
 ) -> tuple[str, bool]:
     """Put a scan's package in the store (no job): its scan id and whether it was already there."""
     inputs = _checked_inputs(paths)
@@ -302,7 +323,7 @@ def store_scan(
     scan_id = scan_id_of(sha256 for _, sha256 in hashes)
     if backend.store.exists(upload_key(scan_id)):
         return scan_id, True
-    manifest = _describe(inputs, hashes, axis_order)
+    manifest = _describe(inputs, hashes, read_options_of(axis_order, variable))
     with tempfile.TemporaryDirectory(prefix="package-", dir=backend.scratch_dir) as staging:
         tar_path = write_package(manifest, inputs, Path(staging))
         backend.store.put_file(upload_key(scan_id), tar_path)
@@ -317,6 +338,7 @@ def upload(
     method: str | None = None,
     options: Mapping[str, Any] | None = None,
     axis_order: str | None = None,
+    variable: str | None = None,
 ) -> UploadResult:
     """Send a scan: into a mounted share folder (`to_dir`), or into the store + a preprocess job.
 
@@ -325,9 +347,11 @@ def upload(
     Uploading the same scan again does nothing and says so (`already_uploaded`).
     """
     if to_dir is not None:
-        package = package_scan(paths, dest_dir=Path(to_dir), axis_order=axis_order)
+        package = package_scan(
+            paths, dest_dir=Path(to_dir), axis_order=axis_order, variable=variable
+        )
         return UploadResult(package.scan_id, package.already_present, package.path.name)
-    scan_id, already = store_scan(backend, paths, axis_order=axis_order)
+    scan_id, already = store_scan(backend, paths, axis_order=axis_order, variable=variable)
     if already:
         return UploadResult(scan_id, True, upload_key(scan_id))
     from mrictl.pipeline.jobs import enqueue_preprocess

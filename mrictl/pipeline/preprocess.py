@@ -30,24 +30,18 @@ if TYPE_CHECKING:
 EXTRACT_LIMITS = ExtractLimits()
 
 
-def detected_format(path: Path) -> str | None:
-    """The format raki recognises `path` as, or None when it recognises none."""
-    from raki.errors import RakiError
-    from raki.io import detect_format
-
-    try:
-        found = detect_format(path)
-    except (RakiError, ValueError):
-        return None
-    return found if found and found != "unknown" else None
-
-
 def check_formats(manifest: Manifest, folder: Path) -> None:
     """Every file must be in a format raki reads, the one the manifest recorded."""
+    from raki.errors import FileFormatError
+    from raki.io import FORMATS, detect_format
+
     for entry in manifest.files:
-        found = detected_format(folder / entry.name)
-        if found is None:
-            raise PackageError(f"{entry.name}: unknown format")
+        try:
+            found = detect_format(folder / entry.name)
+        except FileFormatError as error:
+            raise PackageError(str(error)) from None
+        if found not in FORMATS:
+            raise PackageError(f"{entry.name}: unknown format {found!r}")
         if found != entry.format:
             raise PackageError(f"{entry.name}: is {found}, but the manifest says {entry.format}")
 
