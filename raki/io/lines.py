@@ -110,7 +110,8 @@ def assemble(readouts: Readouts, num_lines: int, header_acceleration: int | None
     acquired = len(set(zip(slices.tolist(), lines.tolist(), strict=True)))
     check_grid_size(num_slices, num_coils, num_kx, num_lines, acquired)
 
-    grid = np.zeros((num_slices, num_lines, num_coils, num_kx), dtype=np.complex64)
+    kspace = np.zeros((num_slices, num_coils, num_kx, num_lines), dtype=np.complex64)
+    grid = kspace.transpose(0, 3, 1, 2)  # a [slice, ky, coil, kx] view: one readout per index
     counts = np.zeros((num_slices, num_lines), dtype=np.int64)
     imaging = readouts.imaging
     np.add.at(grid, (slices[imaging], lines[imaging]), data[imaging])
@@ -120,8 +121,9 @@ def assemble(readouts: Readouts, num_lines: int, header_acceleration: int | None
     np.add.at(grid, (slices[fills], lines[fills]), data[fills])
     np.add.at(counts, (slices[fills], lines[fills]), 1)
     filled = counts > 0
-    grid[filled] /= counts[filled][:, None, None]
-    kspace = np.ascontiguousarray(grid.transpose(0, 2, 3, 1))
+    repeated = counts > 1
+    if repeated.any():
+        grid[repeated] /= counts[repeated][:, None, None]
 
     sampled = filled.any(axis=0)
     calibration_lines = np.zeros(num_lines, dtype=bool)

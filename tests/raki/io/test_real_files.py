@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from raki.io import detect_format, read_scan, write_scan
+from raki.sampling import centred_acs_block, equispaced_mask, undersample
 
 FASTMRI_FILES = [
     ("brain_8ch_320x168.h5", 8, (320, 168)),
@@ -48,16 +49,19 @@ def test_peng_cao_acquired_block_is_lines_44_to_211(shared_data):
     assert not scan.is_fully_sampled
 
 
-def test_real_file_converts_between_formats(shared_data, tmp_path):
-    scan = read_scan(shared_data / "brain_16ch_64x64.h5")
+@pytest.mark.parametrize("suffix", [".h5", ".mrd", ".npz"])
+def test_real_scan_undersampled_r4_acs24_reads_back_r4_acs24(shared_data, tmp_path, suffix):
+    """On 168 lines the centred 24-line ACS block is [72, 96) and lattice line 96 touches it:
+    the files must still say R=4 with 24 ACS lines, not a 25-line block."""
+    scan = read_scan(shared_data / "brain_8ch_320x168.h5")
+    mask = equispaced_mask(168, 4, 24)
     undersampled = scan.replace(
-        kspace=scan.kspace * np.isin(np.arange(64), np.r_[0:64:4, 26:38]),
-        sampled=np.isin(np.arange(64), np.r_[0:64:4, 26:38]),
-        acs=None,
+        kspace=undersample(scan.kspace, mask),
+        sampled=mask,
+        acs=centred_acs_block(168, 24),
         acceleration=4,
     )
-    for name in ("converted.mrd", "converted.h5", "converted.npz"):
-        back = read_scan(write_scan(undersampled, tmp_path / name))
-        np.testing.assert_array_equal(back.kspace, undersampled.kspace)
-        np.testing.assert_array_equal(back.sampled, undersampled.sampled)
-        assert back.acceleration == 4
+    back = read_scan(write_scan(undersampled, tmp_path / f"r4{suffix}"))
+    np.testing.assert_array_equal(back.kspace, undersampled.kspace)
+    np.testing.assert_array_equal(back.sampled, mask)
+    assert (back.acceleration, back.acs.start, back.acs.stop) == (4, 72, 96)
