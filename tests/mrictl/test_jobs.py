@@ -1,0 +1,169 @@
+"""What the CLI's job commands do: submit, status, wait, fetch, cancel, retry, logs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from mrictl.backends.local import LocalBackend
+from mrictl.errors import ExitCode, MrictlError
+from mrictl.pipeline import jobs
+from mrictl.pipeline.packaging import upload
+from mrictl.worker import run_worker
+from raki.io.fastmri import write_fastmri
+from raki.io.reconstruction import read_reconstruction
+from raki.phantom import simulate_scan
+from raki.scan import Identifiers
+from tests.mrictl.jobs_helpers import RETROSPECTIVE, TINY, tree, write_tiny_scan
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@pytest.fixture
+def backend(tmp_path: Path) -> LocalBackend:
+    return LocalBackend(tmp_path / "home")
+
+
+@pytest.fixture
+def patient_scan(tmp_path: Path) -> Path:
+    """A fully sampled scan that carries identifiers, to prove they never leak."""
+    scan = simulate_scan(**TINY, seed=3).replace(
+        identifiers=Identifiers(patient_name="Doe^Jane", patient_id="PID-778899")
+    )
+    return write_fastmri(scan, tmp_path / "Doe_Jane_brain.h5")
+
+
+def process(backend: LocalBackend) -> int:
+    return run_worker(backend, once=True, worker_id="test-worker", lease_seconds=30)
+
+
+def test_submit_wait_fetch_end_to_end(backend, patient_scan, tmp_path):
+    submitted = jobs.submit(backend, patient_scan, "zerofill", RETROSPECTIVE)
+    assert tuple(submitted) == jobs.RECORD_FIELDS
+    assert submitted["stage"] == "preprocess" and submitted["state"] == "queued"
+    assert submitted["method"] == "zerofill" and submitted["options"] == RETROSPECTIVE
+    assert ISO_UTC.match(submitted["created_at"]) and ISO_UTC.match(submitted["updated_at"])
+    assert process(backend) == 2
+    final = jobs.wait(backend, submitted["job_id"], timeout=10)
+    assert final["stage"] == "recon" and final["state"] == "succeeded", final["error"]
+    assert final["parent_job_id"] == submitted["job_id"]
+    assert final["attempts"] == 1 and final["error"] is None
+    assert set(final["metrics"]) == {"nmse", "psnr", "ssim"}
+    assert final["metrics"]["psnr"] > 10
+    assert {"read_s", "write_s", "stage_s"} <= set(final["timings"])
+    first = jobs.status(backend, submitted["job_id"])[0]
+    assert first["state"] == "succeeded" and first["next_job_id"] == final["job_id"]
+
+    fetched = jobs.fetch(backend, submitted["job_id"], tmp_path / "out", formats=["h5", "json"])
+    assert sorted(p.name for p in fetched) == ["reconstruction.h5", "result.json"]
+    image, attrs = read_reconstruction(tmp_path / "out" / "reconstruction.h5")
+    assert image.shape == (1, 32, 24) and attrs["acceleration"] == 2 and attrs["acs_lines"] == 8
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["metrics"] == final["metrics"] and result["scan_id"] == final["scan_id"]
+    everything = jobs.fetch(backend, final["job_id"], tmp_path / "all")
+    assert len(everything) == len(final["outputs"])
+    assert not [name for name in tree(tmp_path / "all") if ".partial" in name]
+
+    # Nothing identifying anywhere the system speaks: keys, records, logs, result.json.
+    said = json.dumps(
+        [
+            jobs.status(backend),
+            jobs.logs(backend, submitted["job_id"]),
+            backend.store.list(),
+            result,
+        ]
+    )
+    for secret in ("Doe", "Jane", "PID-778899", str(tmp_path)):
+        assert secret not in said
+
+
+def test_submitting_a_preprocessed_scan_goes_straight_to_recon(backend, tmp_path):
+    scan_file = write_tiny_scan(tmp_path / "scan.h5")
+    first = jobs.submit(backend, scan_file, "zerofill", RETROSPECTIVE)
+    process(backend)
+    again = jobs.submit(backend, first["scan_id"], "zerofill", {"acceleration": 3, "acs_lines": 6})
+    assert again["stage"] == "recon" and again["scan_id"] == first["scan_id"]
+    by_path = jobs.submit(backend, [scan_file], "zerofill", RETROSPECTIVE)
+    assert by_path["stage"] == "recon"
+    assert backend.store.list("uploads/") == [f"uploads/{first['scan_id']}.tar"]
+    process(backend)
+    assert jobs.wait(backend, again["job_id"], timeout=5)["metrics"]["nmse"] > 0
+
+
+def test_submit_refuses_bad_requests(backend, tmp_path):
+    scan_file = write_tiny_scan(tmp_path / "scan.h5")
+    with pytest.raises(MrictlError, match="unknown method") as method:
+        jobs.submit(backend, scan_file, "magic")
+    assert method.value.exit_code == ExitCode.USAGE
+    with pytest.raises(MrictlError, match="unknown option 'turbo'"):
+        jobs.submit(backend, scan_file, "zerofill", {"turbo": True})
+    with pytest.raises(MrictlError, match="must be a int"):
+        jobs.submit(backend, scan_file, "zerofill", {"acceleration": "4"})
+    with pytest.raises(MrictlError) as unknown:
+        jobs.submit(backend, "scan-0123456789abcdef", "zerofill")
+    assert unknown.value.exit_code == ExitCode.NOT_FOUND
+    assert backend.queue.list() == []
+
+
+def test_status_cancel_retry_and_logs(backend, tmp_path):
+    upload(backend, [write_tiny_scan(tmp_path / "a.h5")], method="zerofill")
+    second = jobs.submit(backend, write_tiny_scan(tmp_path / "b.h5", seed=1), "zerofill")
+    assert [r["state"] for r in jobs.status(backend)] == ["queued", "queued"]
+    cancelled = jobs.cancel(backend, second["job_id"])
+    assert cancelled["state"] == "cancelled" and cancelled["error"] == "cancelled while queued"
+    assert [r["job_id"] for r in jobs.status(backend, state="cancelled")] == [second["job_id"]]
+    with pytest.raises(MrictlError) as twice:
+        jobs.cancel(backend, second["job_id"])
+    assert twice.value.exit_code == ExitCode.CONFLICT
+    with pytest.raises(MrictlError) as early:
+        jobs.fetch(backend, second["job_id"], tmp_path / "out")
+    assert early.value.exit_code == ExitCode.JOB_FAILED
+    assert jobs.retry(backend, second["job_id"])["state"] == "queued"
+    messages = [line["message"] for line in jobs.logs(backend, second["job_id"])]
+    assert messages == ["cancelled while queued", "queued again after cancelled"]
+    with pytest.raises(MrictlError) as missing:
+        jobs.status(backend, "job-nope")
+    assert missing.value.exit_code == ExitCode.NOT_FOUND
+
+
+def test_cancel_and_retry_follow_the_chain(backend, tmp_path):
+    submitted = jobs.submit(backend, write_tiny_scan(tmp_path / "a.h5"), "zerofill")
+    run_worker(backend, once=True, stages=("preprocess",), lease_seconds=30)
+    cancelled = jobs.cancel(backend, submitted["job_id"])  # the queued recon job
+    assert cancelled["stage"] == "recon" and cancelled["state"] == "cancelled"
+    assert jobs.wait(backend, submitted["job_id"], timeout=1)["state"] == "cancelled"
+    assert jobs.retry(backend, submitted["job_id"])["job_id"] == cancelled["job_id"]
+
+
+def test_wait_times_out_and_fetch_needs_a_finished_job(backend, tmp_path):
+    submitted = jobs.submit(backend, write_tiny_scan(tmp_path / "a.h5"), "zerofill")
+    with pytest.raises(MrictlError, match="still queued") as late:
+        jobs.wait(backend, submitted["job_id"], timeout=0.2, poll_interval=0.05)
+    assert late.value.exit_code == ExitCode.TIMEOUT
+    with pytest.raises(MrictlError) as unfinished:
+        jobs.fetch(backend, submitted["job_id"], tmp_path / "out")
+    assert unfinished.value.exit_code == ExitCode.CONFLICT
+    with pytest.raises(MrictlError, match="unknown format 'gif'"):
+        jobs.fetch(backend, submitted["job_id"], tmp_path / "out", formats=["gif"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_job_reports_its_reason(backend, tmp_path):
+    submitted = jobs.submit(backend, write_tiny_scan(tmp_path / "a.h5"), "zerofill")  # no --accel
+    process(backend)
+    final = jobs.wait(backend, submitted["job_id"], timeout=5)
+    assert final["state"] == "failed" and "fully sampled" in final["error"]
+    with pytest.raises(MrictlError) as failed:
+        jobs.fetch(backend, submitted["job_id"], tmp_path / "out")
+    assert failed.value.exit_code == ExitCode.JOB_FAILED
+
+
+def test_output_formats_select_files():
+    assert jobs.output_format("reconstruction.h5") == "h5"
+    assert jobs.output_format("result.json") == "json"
+    assert jobs.output_format("dicom/IM0001.dcm") == "dicom"
+    assert jobs.output_format("reconstruction.nii.gz") == "nifti"
+    assert jobs.output_format("preview/slice_000.png") == "png"
