@@ -96,8 +96,8 @@ def write_scan(scan: Scan, path: str | Path, *, format: str | None = None) -> Pa
         )
     if not path.parent.is_dir():
         raise FileFormatError(path, "the folder to write into does not exist")
-    if file_format == "fastmri":
-        return write_fastmri(scan, path)
-    if file_format == "mrd":
-        return write_mrd(scan, path)
-    return write_npz(scan, path)
+    writer = {"fastmri": write_fastmri, "mrd": write_mrd, "npz": write_npz}[file_format]
+    try:
+        return writer(scan, path)
+    except OSError as exc:
+        raise FileFormatError(path, f"cannot be written ({exc.strerror or 'I/O error'})") from None

@@ -26,7 +26,6 @@ that `numpy.load` reads without pickling.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import zipfile
 from pathlib import Path
@@ -88,20 +87,19 @@ def read_array_scan(
         raise FileFormatError(path, str(exc)) from exc
 
 
-def write_npz(scan: Scan, path: Path) -> Path:
+def write_npz(scan: Scan, path: str | Path) -> Path:
     """Write `scan` as an .npz of plain arrays (no pickles), atomically."""
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        kspace=scan.kspace,
-        mask=scan.sampled,
-        axis_order=np.array(_OWN_LAYOUT),
-        acceleration=np.array(scan.acceleration),
-        acs=np.array([scan.acs.start, scan.acs.stop] if scan.acs else [], dtype=np.int64),
-        metadata=np.array(json.dumps(_metadata(scan))),
-    )
-    with atomic_output(path) as temporary:
-        temporary.write_bytes(buffer.getvalue())
+    path = Path(path)
+    arrays = {
+        "kspace": scan.kspace,
+        "mask": scan.sampled,
+        "axis_order": np.array(_OWN_LAYOUT),
+        "acceleration": np.array(scan.acceleration),
+        "acs": np.array([scan.acs.start, scan.acs.stop] if scan.acs else [], dtype=np.int64),
+        "metadata": np.array(json.dumps(_metadata(scan))),
+    }
+    with atomic_output(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, **arrays)  # a file object: NumPy adds no ".npz" to the name
     return path
 
 
@@ -381,5 +379,8 @@ def _choose(
 
 
 def _first_line(exc: BaseException) -> str:
+    """An exception's first line; for OS errors only the reason, never the path."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
     lines = str(exc).splitlines()
     return lines[0] if lines else exc.__class__.__name__

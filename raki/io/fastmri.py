@@ -29,8 +29,9 @@ from raki.scan import Geometry, Scan
 _DIRECTIONS = ("read_dir", "phase_dir", "slice_dir")
 
 
-def read_fastmri(path: Path) -> Scan:
+def read_fastmri(path: str | Path) -> Scan:
     """The scan in a fastMRI multi-coil file."""
+    path = Path(path)
     with open_hdf5(path) as handle:
         kspace = _read_kspace(path, handle)
         mask = _read_mask(path, handle, kspace.shape[-1]) if "mask" in handle else None
@@ -85,8 +86,9 @@ def read_fastmri(path: Path) -> Scan:
         raise FileFormatError(path, str(exc)) from exc
 
 
-def write_fastmri(scan: Scan, path: Path) -> Path:
+def write_fastmri(scan: Scan, path: str | Path) -> Path:
     """Write `scan` as a fastMRI multi-coil file, atomically."""
+    path = Path(path)
     num_lines = scan.matrix[1]
     acs = scan.acs
     with atomic_output(path) as temporary, h5py.File(temporary, "w") as handle:

@@ -64,8 +64,9 @@ def flag_bit(flag: int) -> np.uint64:
     return np.uint64(1) << np.uint64(flag - 1)
 
 
-def read_mrd(path: Path) -> Scan:
+def read_mrd(path: str | Path) -> Scan:
     """The scan in an ISMRMRD/MRD v1 HDF5 file."""
+    path = Path(path)
     with open_hdf5(path) as handle:
         group = _dataset_group(path, handle)
         info = _header(path, group)
@@ -76,8 +77,9 @@ def read_mrd(path: Path) -> Scan:
         raise FileFormatError(path, str(exc)) from exc
 
 
-def write_mrd(scan: Scan, path: Path) -> Path:
+def write_mrd(scan: Scan, path: str | Path) -> Path:
     """Write `scan` as an MRD v1 file that the `ismrmrd` package reads, atomically."""
+    path = Path(path)
     num_slices, num_coils, num_kx, _ = scan.kspace.shape
     lines = np.flatnonzero(scan.sampled)
     slices = np.repeat(np.arange(num_slices), lines.size)

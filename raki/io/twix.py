@@ -56,8 +56,9 @@ _RAID_ENTRY_BYTES = 152
 _ACQEND, _SYNCDATA = 1 << 0, 1 << 5
 
 
-def read_twix(path: Path) -> Scan:
+def read_twix(path: str | Path) -> Scan:
     """The image scan of a Siemens raw data file."""
+    path = Path(path)
     _check_measurement_blocks(path)
     measurement = _load(path)
     try:
@@ -142,7 +143,11 @@ def _check_measurement_blocks(path: Path) -> None:
                 if position + step > end:
                     raise ValueError("truncated: the last readout is cut off")
                 position += step
-    except (OSError, struct.error, ValueError) as exc:
+    except FileNotFoundError:
+        raise FileFormatError(path, "no such file") from None
+    except OSError as exc:
+        raise FileFormatError(path, f"cannot be read ({exc.strerror or 'I/O error'})") from None
+    except (struct.error, ValueError) as exc:
         raise FileFormatError(path, f"not a readable Siemens raw file ({exc})") from None
 
 

@@ -131,13 +131,15 @@ def test_write_is_atomic_and_leaves_no_temporary_files(tmp_path):
     assert detect_format(target) == "fastmri"
 
 
-def test_failed_write_keeps_the_old_file(tmp_path):
-    target = tmp_path / "scan.npz"
-    target.write_bytes(b"old contents")
-    with pytest.raises(AttributeError):
-        write_scan(object(), target)  # type: ignore[arg-type]
-    assert target.read_bytes() == b"old contents"
-    assert [p.name for p in tmp_path.iterdir()] == ["scan.npz"]
+@pytest.mark.parametrize("name", ["scan.h5", "scan.mrd", "scan.npz"])
+def test_failed_write_leaves_nothing_behind(tmp_path, name):
+    target = tmp_path / name
+    target.mkdir()  # the final rename onto a folder fails after the data is written
+    (target / "keep.txt").write_text("untouched")
+    with pytest.raises(FileFormatError, match=f"^{name}: cannot be written"):
+        write_scan(undersampled_scan(), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    assert (target / "keep.txt").read_text() == "untouched"
 
 
 @pytest.mark.parametrize(
