@@ -101,3 +101,13 @@ def test_fastmri_file_without_mask_infers_sampling_from_zero_lines(tmp_path):
     scan = read_scan(path)
     np.testing.assert_array_equal(scan.sampled, mask)
     assert scan.acceleration == 2 and scan.acs.lines >= 6
+
+
+def test_compressed_fastmri_file_and_content_based_detection(tmp_path):
+    path = tmp_path / "compressed.dat"  # the name says nothing; the content decides
+    mask = equispaced_mask(24, 4, 8)
+    kspace = random_kspace((2, 4, 32, 24)) * mask
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("kspace", data=kspace, compression="gzip", chunks=(1, 1, 32, 24))
+    assert detect_format(path) == "fastmri"
+    np.testing.assert_array_equal(read_scan(path).kspace, kspace)
