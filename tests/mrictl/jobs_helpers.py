@@ -9,19 +9,10 @@ import os
 import tarfile
 from pathlib import Path
 
-import pytest
-
-import raki.io
 from mrictl.backends.local import LocalBackend
 from mrictl.pipeline.packaging import MANIFEST_NAME, scan_id_of
 from raki.io.fastmri import write_fastmri
 from raki.phantom import simulate_scan
-
-# raki.io's read_scan/detect_format land in parallel; until then, tests that package real scans
-# are skipped instead of failing.
-requires_read_scan = pytest.mark.skipif(
-    not hasattr(raki.io, "read_scan"), reason="raki.io.read_scan is not there yet"
-)
 
 TINY = {"matrix": (32, 24), "num_coils": 4, "num_slices": 1}
 # A fully sampled scan needs these to be undersampled retrospectively (R=2, 8 ACS lines).

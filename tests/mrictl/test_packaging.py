@@ -24,7 +24,6 @@ from mrictl.pipeline.packaging import (
 from tests.mrictl.jobs_helpers import (
     manifest_for,
     regular,
-    requires_read_scan,
     special,
     tar_with_manifest,
     tree,
@@ -40,7 +39,6 @@ def scan_file(tmp_path: Path) -> Path:
     return write_tiny_scan(tmp_path / "input" / "knee.h5")
 
 
-@requires_read_scan
 def test_package_is_a_flat_tar_with_the_manifest_first(scan_file, tmp_path):
     out = tmp_path / "share"
     out.mkdir()
@@ -62,7 +60,6 @@ def test_package_is_a_flat_tar_with_the_manifest_first(scan_file, tmp_path):
     assert str(tmp_path) not in json.dumps(manifest)
 
 
-@requires_read_scan
 def test_same_scan_twice_is_a_no_op_and_the_package_is_reproducible(scan_file, tmp_path):
     first_dir, second_dir = tmp_path / "a", tmp_path / "b"
     first_dir.mkdir()
@@ -76,7 +73,6 @@ def test_same_scan_twice_is_a_no_op_and_the_package_is_reproducible(scan_file, t
     assert other.scan_id == first.scan_id  # content decides the id, not the name
 
 
-@requires_read_scan
 def test_share_drop_writes_only_complete_files(scan_file, tmp_path):
     share = tmp_path / "gateway-share"
     share.mkdir()
@@ -88,7 +84,6 @@ def test_share_drop_writes_only_complete_files(scan_file, tmp_path):
     assert LocalBackend(tmp_path / "home").queue.list() == []
 
 
-@requires_read_scan
 def test_upload_to_the_store_queues_preprocess_once(scan_file, tmp_path):
     backend = LocalBackend(tmp_path / "home")
     first = upload(backend, [scan_file], method="zerofill", options={"acceleration": 2})
@@ -102,7 +97,6 @@ def test_upload_to_the_store_queues_preprocess_once(scan_file, tmp_path):
     assert list(backend.scratch_dir.iterdir()) == []
 
 
-@requires_read_scan
 def test_packaging_refuses_unreadable_inputs(tmp_path):
     not_a_scan = tmp_path / "notes.txt"
     not_a_scan.write_text("hello")

@@ -8,7 +8,6 @@ worker can be killed or cancelled exactly there.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -20,12 +19,11 @@ import pytest
 
 from mrictl.backends.local import LocalBackend
 from mrictl.pipeline import jobs
-from mrictl.worker import DEBUG_SLEEP_ENV, run_worker, spawn_workers, worker_command
+from mrictl.worker import DEBUG_SLEEP_ENV, run_worker, spawn_workers
 from raki.io.reconstruction import read_reconstruction
 from tests.mrictl.jobs_helpers import (
     RETROSPECTIVE,
     put_preprocessed,
-    requires_read_scan,
     tree,
     write_tiny_scan,
 )
@@ -72,7 +70,6 @@ def assert_complete_outputs(backend: LocalBackend, job_id: str) -> dict:
     return record
 
 
-@requires_read_scan
 @pytest.mark.slow
 def test_fifty_jobs_two_worker_processes_each_done_exactly_once(backend, scan_id):
     workers = spawn_workers(2, backend.home, stages=("recon",), poll_interval=0.1)
@@ -97,7 +94,6 @@ def test_fifty_jobs_two_worker_processes_each_done_exactly_once(backend, scan_id
     assert list(backend.scratch_dir.iterdir()) == []
 
 
-@requires_read_scan
 @pytest.mark.slow
 def test_killed_worker_job_is_finished_by_another_after_lease_expiry(backend, scan_id):
     job_id = jobs.enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
@@ -149,7 +145,6 @@ def test_missing_input_is_retried_then_dead_lettered_with_its_reason(backend):
     assert list(backend.scratch_dir.iterdir()) == []
 
 
-@requires_read_scan
 def test_bad_request_fails_at_once_without_retry(backend, scan_id):
     job_id = jobs.enqueue_recon(backend, scan_id, method="zerofill")  # fully sampled, no --accel
     run_worker(backend, once=True, lease_seconds=30)
@@ -158,7 +153,6 @@ def test_bad_request_fails_at_once_without_retry(backend, scan_id):
     assert "fully sampled" in record["error"] and "\n" not in record["error"]
 
 
-@requires_read_scan
 def test_cancelled_running_job_stops_at_heartbeat_and_publishes_nothing(
     backend, scan_id, monkeypatch
 ):
@@ -192,15 +186,3 @@ def test_stop_event_ends_an_idle_worker(backend):
     stop_event.set()
     worker.join(timeout=10)
     assert result == [0]
-
-
-def test_worker_module_runs_as_a_process(backend):
-    completed = subprocess.run(
-        worker_command(backend.home, once=True),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "MRICTL_LOG_LEVEL": "INFO"},
-    )
-    assert completed.returncode == 0, completed.stderr
-    assert "stopped after 0 job(s)" in completed.stderr
