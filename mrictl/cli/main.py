@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from mrictl import __version__
-from mrictl.cli import bench, recon, scan, train
+from mrictl.cli import bench, demo, jobs, recon, scan, train, worker
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.output import to_json
 from raki.errors import FileFormatError, IncompatibleWeightsError, InvalidScanError, RakiError
@@ -86,6 +86,10 @@ app.add_typer(scan.app, name="scan")
 app.add_typer(recon.app, name="recon")
 app.command("train")(train.train)
 app.command("bench")(bench.bench)
+app.command("upload")(jobs.upload)
+app.command("fetch")(jobs.fetch)
+app.command("demo")(demo.demo)
+app.add_typer(worker.app, name="worker")
 
 
 def _print_version(value: bool) -> None:

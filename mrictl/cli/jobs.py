@@ -1,0 +1,237 @@
+"""`mrictl upload`, `mrictl fetch` and the queued side of `mrictl recon`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.live import Live
+
+from mrictl.cli.common import BackendOption, DeviceOption, HomeOption, JsonFlag
+from mrictl.cli.recon import AccelOption, AcsOption, IterationsOption, MethodOption
+from mrictl.cli.recon import app as recon_app
+from mrictl.config import load_settings
+from mrictl.errors import ExitCode, MrictlError
+from mrictl.output import Output, key_value_table, records_table
+
+STATUS_COLUMNS = ["job_id", "stage", "state", "method", "attempts", "updated_at", "error"]
+WaitOption = Annotated[bool, typer.Option("--wait", help="Wait until the job is finished.")]
+TimeoutOption = Annotated[
+    float | None, typer.Option("--timeout", min=0.0, help="Give up waiting after this many s.")
+]
+
+
+def backend_for(home: Path | None, backend: str | None):
+    from mrictl.backends import open_backend
+
+    return open_backend(load_settings(home=home, backend=backend))
+
+
+def recon_options(
+    accel: int | None, acs: int | None, device: str | None, iterations: int | None
+) -> dict:
+    return {"acceleration": accel, "acs_lines": acs, "device": device, "iterations": iterations}
+
+
+def exit_for_record(record: dict) -> None:
+    """A finished job that did not succeed gives the JOB_FAILED exit code."""
+    if record["state"] != "succeeded":
+        raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+def upload(
+    paths: Annotated[list[Path], typer.Argument(help="The scan's file(s).")],
+    to: Annotated[
+        Path | None,
+        typer.Option("--to", help="Write the tar into this share folder (Storage Gateway)."),
+    ] = None,
+    method: MethodOption = None,
+    accel: AccelOption = None,
+    acs: AcsOption = None,
+    axis_order: Annotated[str | None, typer.Option("--axis-order")] = None,
+    home: HomeOption = None,
+    backend: BackendOption = None,
+    json: JsonFlag = False,
+) -> None:
+    """Package a scan (tar + manifest + checksums) and send it to the store or a share."""
+    from mrictl.pipeline.packaging import upload as upload_scan
+
+    output = Output(json)
+    if to is not None and not to.is_dir():
+        raise MrictlError(f"{to.name}: share folder does not exist", ExitCode.NOT_FOUND)
+    result = upload_scan(
+        backend_for(home, backend),
+        paths,
+        to_dir=to,
+        method=method,
+        options=recon_options(accel, acs, None, None),
+        axis_order=axis_order,
+    )
+    document = {
+        "scan_id": result.scan_id,
+        "already_uploaded": result.already_uploaded,
+        "location": result.location,
+        "job_id": result.job_id,
+    }
+    note = "already uploaded: nothing to do" if result.already_uploaded else "uploaded"
+    output.result(document, lambda c: c.print(key_value_table(document, title=note)))
+
+
+@recon_app.command("submit")
+def submit(
+    source: Annotated[str, typer.Argument(help="A scan file, or the id of an uploaded scan.")],
+    method: MethodOption = None,
+    accel: AccelOption = None,
+    acs: AcsOption = None,
+    device: DeviceOption = None,
+    iterations: IterationsOption = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = None,
+    home: HomeOption = None,
+    backend: BackendOption = None,
+    json: JsonFlag = False,
+) -> None:
+    """Queue a reconstruction (workers run it: `mrictl worker run`)."""
+    from mrictl.pipeline import jobs
+
+    output = Output(json)
+    store = backend_for(home, backend)
+    record = jobs.submit(store, source, method, recon_options(accel, acs, device, iterations))
+    if wait:
+        output.info(f"submitted {record['job_id']}; waiting")
+        record = jobs.wait(store, record["job_id"], timeout)
+    output.result(record, lambda c: c.print(key_value_table(record, title="job")))
+    if wait:
+        exit_for_record(record)
+
+
+@recon_app.command("status")
+def status(
+    job: Annotated[str | None, typer.Argument(help="A job id (default: all jobs).")] = None,
+    state: Annotated[str | None, typer.Option("--state", help="Only jobs in this state.")] = None,
+    home: HomeOption = None,
+    backend: BackendOption = None,
+    json: JsonFlag = False,
+) -> None:
+    """Job records (schema: docs/jobs-schema.md)."""
+    from mrictl.pipeline import jobs
+
+    records = jobs.status(backend_for(home, backend), job, state=state)
+    Output(json).result(
+        {"jobs": records}, lambda c: c.print(records_table(records, STATUS_COLUMNS))
+    )
+
+
+@recon_app.command("watch")
+def watch(
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Refresh (s).")] = 1.0,
+    timeout: TimeoutOption = None,
+    home: HomeOption = None,
+    backend: BackendOption = None,
+    json: JsonFlag = False,
+) -> None:
+    """A live table of jobs until none is queued or running (one snapshot off a TTY)."""
+    from mrictl.pipeline import jobs
+
+    output = Output(json)
+    store = backend_for(home, backend)
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def busy(records: list[dict]) -> bool:
+        return any(r["state"] in ("queued", "running") for r in records)
+
+    records = jobs.status(store)
+    if output.interactive and not json:
+        with Live(records_table(records, STATUS_COLUMNS), console=output.console) as live:
+            while busy(records) and (deadline is None or time.monotonic() < deadline):
+                time.sleep(interval)
+                records = jobs.status(store)
+                live.update(records_table(records, STATUS_COLUMNS))
+    output.result({"jobs": records}, lambda c: c.print(records_table(records, STATUS_COLUMNS)))
+
+
+@recon_app.command("logs")
+def logs(
+    job: Annotated[str, typer.Argument(help="Job id.")],
+    home: HomeOption = None,
+    backend: BackendOption = None,
+    json: JsonFlag = False,
+) -> None:
+    """The log lines of a job and of the jobs it led to."""
+    from mrictl.pipeline import jobs
+
+    entries = jobs.logs(backend_for(home, backend), job)
+
+    def render(console) -> None:
+        for entry in entries:
+            console.print(f"{entry['at']} {entry['job_id']} #{entry['attempt']} {entry['message']}")
+
+    Output(json).result({"job_id": job, "logs": entries}, render)
+
+
+@recon_app.command("cancel")
+def cancel(
+    job: Annotated[str, typer.Argument(help="Job id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    home: HomeOption = None,
+    backend: BackendOption = None,
+    json: JsonFlag = False,
+) -> None:
+    """Cancel a queued or running job (a running worker stops at its next heartbeat)."""
+    from mrictl.pipeline import jobs
+
+    output = Output(json)
+    confirm_or_refuse(output, yes, f"cancel {job}?")
+    record = jobs.cancel(backend_for(home, backend), job)
+    output.result(record, lambda c: c.print(key_value_table(record, title="cancelled")))
+
+
+@recon_app.command("retry")
+def retry(
+    job: Annotated[str, typer.Argument(help="Job id of a failed or cancelled job.")],
+    home: HomeOption = None,
+    backend: BackendOption = None,
+    json: JsonFlag = False,
+) -> None:
+    """Queue a failed or cancelled job again with a fresh set of attempts."""
+    from mrictl.pipeline import jobs
+
+    record = jobs.retry(backend_for(home, backend), job)
+    Output(json).result(record, lambda c: c.print(key_value_table(record, title="queued again")))
+
+
+def confirm_or_refuse(output: Output, yes: bool, question: str) -> None:
+    """Destructive commands ask on a TTY; without one they need --yes (never a hidden prompt)."""
+    if yes:
+        return
+    if not output.interactive or not typer.get_text_stream("stdin").isatty():
+        raise MrictlError(f"{question.rstrip('?')}: refusing without --yes", ExitCode.USAGE)
+    if not typer.confirm(question):
+        raise typer.Exit(int(ExitCode.USAGE))
+
+
+def fetch(
+    job: Annotated[str, typer.Argument(help="Job id (as `recon submit` printed it).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to copy the outputs into.")],
+    formats: Annotated[
+        str | None,
+        typer.Option("--format", help="Comma list: h5,dicom,nifti,png,report,json (default all)."),
+    ] = None,
+    wait: WaitOption = False,
+    timeout: TimeoutOption = None,
+    home: HomeOption = None,
+    backend: BackendOption = None,
+    json: JsonFlag = False,
+) -> None:
+    """Copy a finished job's outputs (checksums verified) into a folder."""
+    from mrictl.pipeline import jobs
+
+    store = backend_for(home, backend)
+    if wait:
+        jobs.wait(store, job, timeout)
+    selected = [name.strip() for name in formats.split(",") if name.strip()] if formats else None
+    written = jobs.fetch(store, job, out, selected)
+    document = {"job_id": job, "out": str(out), "files": [str(path) for path in written]}
+    Output(json).result(document, f"fetched {len(written)} file(s) into {out}")
