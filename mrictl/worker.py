@@ -188,15 +188,17 @@ def failure_reason(error: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
-def _fresh_work_dir(backend: Backend, job: Job) -> Path:
-    """A new folder for this attempt; leftovers of earlier attempts of the job are removed."""
-    root = backend.scratch_dir
-    for stale in root.glob(f"{job.job_id}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+def _work_dir_of(backend: Backend, job: Job) -> Path:
+    """This attempt's own folder (the token tells apart a lost attempt still running)."""
     token = (job.lease_token or uuid.uuid4().hex)[:8]
-    work_dir = root / f"{job.job_id}-{job.attempts}-{token}"
+    return backend.scratch_dir / f"{job.job_id}-{job.attempts}-{token}"
+
+
+def _prepare_work_dir(work_dir: Path, job_id: str) -> None:
+    """Create the folder; leftovers of earlier attempts of the job (a killed worker's) go."""
+    for stale in work_dir.parent.glob(f"{job_id}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     work_dir.mkdir(parents=True)
-    return work_dir
 
 
 def _remove_outputs(backend: Backend, prefix: str) -> None:
@@ -216,11 +218,12 @@ def process_job(
     stages = stages or stage_functions()
     heartbeat = _Heartbeat(backend, job, lease_seconds)
     heartbeat.start()
-    work_dir = _fresh_work_dir(backend, job)
+    work_dir = _work_dir_of(backend, job)
     context = StageContext(backend, job, worker_id, work_dir, heartbeat)
     started = time.perf_counter()
     context.log(f"attempt {job.attempts}/{job.max_attempts} started on {worker_id}")
     try:
+        _prepare_work_dir(work_dir, job.job_id)
         stage = stages.get(job.stage)
         if stage is None:
             raise MrictlError(f"this worker has no stage {job.stage!r}")
@@ -286,22 +289,33 @@ def run_worker(
     done = 0
     log.info("worker %s started (stages %s)", worker_id, ", ".join(stages))
     while not stop_event.is_set() and (max_jobs is None or done < max_jobs):
-        job = None
-        for stage in stages:
-            job = backend.queue.claim(stage, worker_id, lease_seconds)
+        try:
+            job = _claim_any(backend, stages, worker_id, lease_seconds)
             if job is not None:
-                break
-        if job is None:
-            if once:
-                break
-            stop_event.wait(poll_interval)
-            continue
-        process_job(
-            backend, job, worker_id=worker_id, lease_seconds=lease_seconds, stages=functions
-        )
-        done += 1
+                process_job(
+                    backend, job, worker_id=worker_id, lease_seconds=lease_seconds, stages=functions
+                )
+                done += 1
+                continue
+        except BackendError as error:
+            # A busy or unreachable backend is not the job's fault: keep the worker alive; an
+            # unrecorded outcome is redelivered when the lease expires.
+            log.warning("worker %s: backend error: %s", worker_id, error)
+        if once:
+            break
+        stop_event.wait(poll_interval)
     log.info("worker %s stopped after %d job(s)", worker_id, done)
     return done
+
+
+def _claim_any(
+    backend: Backend, stages: Sequence[str], worker_id: str, lease_seconds: float
+) -> Job | None:
+    for stage in stages:
+        job = backend.queue.claim(stage, worker_id, lease_seconds)
+        if job is not None:
+            return job
+    return None
 
 
 def default_worker_id() -> str:
