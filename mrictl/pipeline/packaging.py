@@ -16,6 +16,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,7 +263,8 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
 def write_package(manifest: Manifest, paths: Sequence[Path], dest_dir: Path) -> Path:
     """Write `<scan_id>.tar` into `dest_dir` via a hidden `.partial` name and a rename."""
     final = dest_dir / f"{manifest.scan_id}.tar"
-    partial = dest_dir / f".{final.name}.partial"
+    # Unique, so two uploads of one scan into one share never write the same temporary file.
+    partial = dest_dir / f".{final.name}.{uuid.uuid4().hex[:8]}.partial"
     by_name = {Path(path).name: Path(path) for path in paths}
     try:
         with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
@@ -351,11 +353,12 @@ def upload(
             paths, dest_dir=Path(to_dir), axis_order=axis_order, variable=variable
         )
         return UploadResult(package.scan_id, package.already_present, package.path.name)
+    from mrictl.pipeline.jobs import enqueue_preprocess, recon_request
+
+    recon_request(method, options)  # a bad request fails before anything is sent
     scan_id, already = store_scan(backend, paths, axis_order=axis_order, variable=variable)
     if already:
         return UploadResult(scan_id, True, upload_key(scan_id))
-    from mrictl.pipeline.jobs import enqueue_preprocess
-
     job_id = enqueue_preprocess(backend, scan_id, method=method, options=options)
     return UploadResult(scan_id, False, upload_key(scan_id), job_id)
 

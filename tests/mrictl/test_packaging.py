@@ -93,6 +93,10 @@ def test_upload_to_the_store_queues_preprocess_once(scan_file, tmp_path):
     assert second.already_uploaded and second.job_id is None
     jobs = backend.queue.list()
     assert [(j.stage, j.payload["scan_id"]) for j in jobs] == [("preprocess", first.scan_id)]
+    other = write_tiny_scan(tmp_path / "input" / "other.h5", seed=5)
+    with pytest.raises(MrictlError, match="unknown method"):
+        upload(backend, [other], method="magic")
+    assert backend.store.list() == [f"uploads/{first.scan_id}.tar"]
     assert jobs[0].payload["options"] == {"acceleration": 2}
     assert list(backend.scratch_dir.iterdir()) == []
 
