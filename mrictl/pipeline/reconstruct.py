@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +29,15 @@ RESULT_NAME = "result.json"
 RECONSTRUCTION_NAME = "reconstruction.h5"
 
 
-def write_outputs(image: np.ndarray, scan: Scan, out_dir: Path, *, method: str) -> list[Path]:
-    """The viewer-facing outputs beside reconstruction.h5: DICOM series, NIfTI, PNG previews.
+def write_outputs(
+    image: np.ndarray, scan: Scan, out_dir: Path, *, attrs: Mapping[str, Any]
+) -> list[Path]:
+    """The viewer-facing outputs beside reconstruction.h5: DICOM, NIfTI, PNG previews, report.
 
     The single place where those writers are called; each is used when its module is there.
+    `attrs` is how the image was made (method, acceleration, acs_lines, timings, metrics).
     """
+    method = str(attrs["method"])
     written: list[Path] = []
     try:
         from raki.io.dicom import write_dicom_series
@@ -52,6 +57,22 @@ def write_outputs(image: np.ndarray, scan: Scan, out_dir: Path, *, method: str) 
         pass
     else:
         written += write_previews(image, out_dir / "preview")
+    try:
+        from mrictl.pipeline.report import write_report
+    except ImportError:
+        pass
+    else:
+        written += write_report(
+            out_dir,
+            method=method,
+            acceleration=int(attrs["acceleration"]),
+            acs_lines=int(attrs["acs_lines"]),
+            timings=attrs.get("timings") or {},
+            metrics=attrs.get("metrics"),
+            comparison=None,
+            strip_png=None,
+            scan_summary=scan.summary(),
+        )
     return written
 
 
@@ -100,7 +121,7 @@ def run_recon(context: StageContext) -> dict[str, Any]:
     timings = {"read_s": round(read_s, 4), **attrs.get("timings", {})}
     write_started = time.perf_counter()
     write_reconstruction(out_dir / RECONSTRUCTION_NAME, done.result.image, attrs)
-    write_outputs(done.result.image, done.scan, out_dir, method=options.method)
+    write_outputs(done.result.image, done.scan, out_dir, attrs=attrs)
     timings["write_s"] = round(time.perf_counter() - write_started, 4)
     summary = {
         "job_id": context.job.job_id,

@@ -63,6 +63,8 @@ def test_submit_wait_fetch_end_to_end(backend, patient_scan, tmp_path):
     assert image.shape == (1, 32, 24) and attrs["acceleration"] == 2 and attrs["acs_lines"] == 8
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["metrics"] == final["metrics"] and result["scan_id"] == final["scan_id"]
+    reports = jobs.fetch(backend, submitted["job_id"], tmp_path / "report", formats=["report"])
+    assert sorted(p.name for p in reports) == ["report.json", "report.md"]
     everything = jobs.fetch(backend, final["job_id"], tmp_path / "all")
     assert len(everything) == len(final["outputs"])
     assert not [name for name in tree(tmp_path / "all") if ".partial" in name]
@@ -74,6 +76,7 @@ def test_submit_wait_fetch_end_to_end(backend, patient_scan, tmp_path):
             jobs.logs(backend, submitted["job_id"]),
             backend.store.list(),
             result,
+            (tmp_path / "report" / "report.md").read_text(),
         ]
     )
     for secret in ("Doe", "Jane", "PID-778899", str(tmp_path)):
