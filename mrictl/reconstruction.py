@@ -8,7 +8,7 @@ fastMRI-style output. Nothing here knows about queues or the terminal.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ class ReconOptions:
     device: str = "auto"
     iterations: int | None = None
     weights: Path | None = None
+    # Methods also run and scored beside `method` when a reference is known (report, demo).
+    compare: tuple[str, ...] = ()
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Reconstruction:
     result: ReconResult
     reference: np.ndarray | None
     metrics: dict[str, float] | None
+    comparison: dict[str, dict[str, float]] = field(default_factory=dict)
+    compared_images: dict[str, np.ndarray] = field(default_factory=dict)
 
     def attrs(self) -> dict[str, Any]:
         """What the output file and job record say about how the image was made."""
@@ -50,6 +54,7 @@ class Reconstruction:
             "matrix": list(self.scan.matrix),
             "timings": self.result.timings,
             "metrics": self.metrics,
+            "comparison": self.comparison or None,
         }
 
 
@@ -117,7 +122,21 @@ def run_reconstruction(
     )
     result.timings.setdefault("total_s", time.perf_counter() - start)
     metrics = evaluate(reference, result.image) if reference is not None else None
-    return Reconstruction(prepared, result, reference, metrics)
+    done = Reconstruction(prepared, result, reference, metrics)
+    if reference is not None:
+        for other in options.compare:
+            if other != result.method:
+                compare_with(done, other, options)
+    return done
+
+
+def compare_with(done: Reconstruction, method: str, options: ReconOptions) -> None:
+    """Reconstruct the same input with another method and score it beside the main result."""
+    start = time.perf_counter()
+    other = reconstruct(done.scan, method, device=options.device, iterations=options.iterations)
+    seconds = time.perf_counter() - start
+    done.comparison[method] = {**evaluate(done.reference, other.image), "time_s": seconds}
+    done.compared_images[method] = other.image
 
 
 def reconstruct_file(

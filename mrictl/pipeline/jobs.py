@@ -39,6 +39,7 @@ RECORD_FIELDS = (
     "error",
     "outputs",
     "metrics",
+    "comparison",
     "timings",
     "parent_job_id",
     "next_job_id",
@@ -51,6 +52,7 @@ RECON_OPTIONS: dict[str, type] = {
     "acs_lines": int,
     "device": str,
     "iterations": int,
+    "compare": list,  # methods scored beside the main one when a reference is known
 }
 
 # fetch --format NAME -> which output files it selects (by file name under the job's folder).
@@ -82,6 +84,7 @@ def job_record(job: Job) -> dict[str, Any]:
         "error": job.error,
         "outputs": list(result.get("outputs") or []),
         "metrics": dict(result.get("metrics") or {}),
+        "comparison": dict(result.get("comparison") or {}),
         "timings": dict(result.get("timings") or {}),
         "parent_job_id": job.parent_id,
         "next_job_id": result.get("next_job_id"),
@@ -117,6 +120,14 @@ def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict
             )
         if not isinstance(value, kind) or isinstance(value, bool):
             raise MrictlError(f"option {name!r} must be a {kind.__name__}", ExitCode.USAGE)
+        if kind is list:
+            unknown = [m for m in value if m not in METHODS]
+            if unknown:
+                raise MrictlError(
+                    f"cannot compare with unknown method {unknown[0]!r}", ExitCode.USAGE
+                )
+            clean[name] = list(value)
+            continue
         if kind is int and value < (0 if name == "acs_lines" else 1):
             raise MrictlError(f"option {name!r} is out of range: {value}", ExitCode.USAGE)
         clean[name] = value

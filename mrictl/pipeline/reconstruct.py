@@ -30,49 +30,51 @@ RECONSTRUCTION_NAME = "reconstruction.h5"
 
 
 def write_outputs(
-    image: np.ndarray, scan: Scan, out_dir: Path, *, attrs: Mapping[str, Any]
+    image: np.ndarray,
+    scan: Scan,
+    out_dir: Path,
+    *,
+    attrs: Mapping[str, Any],
+    reference: np.ndarray | None = None,
+    compared_images: Mapping[str, np.ndarray] | None = None,
 ) -> list[Path]:
-    """The viewer-facing outputs beside reconstruction.h5: DICOM, NIfTI, PNG previews, report.
+    """The viewer-facing outputs beside reconstruction.h5: DICOM, NIfTI, PNGs, report.
 
-    The single place where those writers are called; each is used when its module is there.
-    `attrs` is how the image was made (method, acceleration, acs_lines, timings, metrics).
+    `attrs` is how the image was made (method, acceleration, acs_lines, timings, metrics,
+    comparison). With a reference, the report gets a strip of the middle slice: reference,
+    the compared methods, this method and its error map (x5).
     """
+    from mrictl.pipeline.report import write_report
+    from raki.io.dicom import write_dicom_series
+    from raki.io.nifti import write_nifti
+    from raki.io.png import write_contact_sheet, write_image_strip, write_previews
+
     method = str(attrs["method"])
-    written: list[Path] = []
-    try:
-        from raki.io.dicom import write_dicom_series
-    except ImportError:
-        pass
-    else:
-        written += write_dicom_series(image, scan, out_dir / "dicom", method=method)
-    try:
-        from raki.io.nifti import write_nifti
-    except ImportError:
-        pass
-    else:
-        written.append(write_nifti(image, scan, out_dir / "reconstruction.nii.gz"))
-    try:
-        from raki.io.png import write_previews
-    except ImportError:
-        pass
-    else:
-        written += write_previews(image, out_dir / "preview")
-    try:
-        from mrictl.pipeline.report import write_report
-    except ImportError:
-        pass
-    else:
-        written += write_report(
-            out_dir,
-            method=method,
-            acceleration=int(attrs["acceleration"]),
-            acs_lines=int(attrs["acs_lines"]),
-            timings=attrs.get("timings") or {},
-            metrics=attrs.get("metrics"),
-            comparison=None,
-            strip_png=None,
-            scan_summary=scan.summary(),
-        )
+    written = write_dicom_series(image, scan, out_dir / "dicom", method=method)
+    written.append(write_nifti(image, scan, out_dir / "reconstruction.nii.gz"))
+    written += write_previews(image, out_dir / "preview")
+    written.append(write_contact_sheet(image, out_dir / "preview" / "contact_sheet.png"))
+    strip = None
+    if reference is not None:
+        middle = image.shape[0] // 2
+        panels = {"reference": reference[middle]}
+        for name, other in (compared_images or {}).items():
+            panels[name] = other[middle]
+        panels[method] = image[middle]
+        panels[f"{method} error x5"] = 5.0 * np.abs(image[middle] - reference[middle])
+        strip = write_image_strip(panels, out_dir / "preview" / "comparison_strip.png")
+        written.append(strip)
+    written += write_report(
+        out_dir,
+        method=method,
+        acceleration=int(attrs["acceleration"]),
+        acs_lines=int(attrs["acs_lines"]),
+        timings=attrs.get("timings") or {},
+        metrics=attrs.get("metrics"),
+        comparison=attrs.get("comparison"),
+        strip_png=strip,
+        scan_summary=scan.summary(),
+    )
     return written
 
 
@@ -94,6 +96,7 @@ def _options(payload: dict[str, Any]) -> Any:
         acs_lines=options.get("acs_lines"),
         device=options.get("device", "auto"),
         iterations=options.get("iterations"),
+        compare=tuple(options.get("compare") or ()),
     )
 
 
@@ -121,7 +124,14 @@ def run_recon(context: StageContext) -> dict[str, Any]:
     timings = {"read_s": round(read_s, 4), **attrs.get("timings", {})}
     write_started = time.perf_counter()
     write_reconstruction(out_dir / RECONSTRUCTION_NAME, done.result.image, attrs)
-    write_outputs(done.result.image, done.scan, out_dir, attrs=attrs)
+    write_outputs(
+        done.result.image,
+        done.scan,
+        out_dir,
+        attrs=attrs,
+        reference=done.reference,
+        compared_images=done.compared_images,
+    )
     timings["write_s"] = round(time.perf_counter() - write_started, 4)
     summary = {
         "job_id": context.job.job_id,
@@ -149,5 +159,6 @@ def run_recon(context: StageContext) -> dict[str, Any]:
         "acs_lines": attrs.get("acs_lines"),
         "outputs": outputs,
         "metrics": attrs.get("metrics") or {},
+        "comparison": attrs.get("comparison") or {},
         "timings": timings,
     }
