@@ -27,6 +27,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import scipy.linalg
 from numpy.lib.stride_tricks import sliding_window_view
 
 from raki.errors import FileFormatError, IncompatibleWeightsError, InvalidScanError
@@ -110,17 +111,56 @@ def auto_regularization(
     return AUTO_REGULARIZATION_SCALE * (acceleration - 1) * floor / outer_ratio**2
 
 
-def _regularised_inverse(
-    eigenvalues: np.ndarray, eigenvectors: np.ndarray, regularization: float
+def _normal_equations(
+    acs: np.ndarray, bases: np.ndarray, offsets: np.ndarray, readout_points: int, acceleration: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A^H A [unknowns, unknowns] and A^H B [unknowns, (R-1) * coil] without forming A.
+
+    With the readout wrapping around, every entry of A^H A and A^H B is a circular
+    cross-correlation along kx between two ky lines (summed over kernel positions), at the lag
+    between their readout taps; FFTs give all lags at once, about (readout points)^2 times
+    fewer operations than the product of the patch matrix with itself.
+    """
+    num_coils, num_kx, _ = acs.shape
+    lines = np.concatenate([offsets, np.arange(1, acceleration)])  # sources, then targets
+    # [kx frequency, base, coil * line] so that one batched product sums over bases.
+    spectra = np.fft.fft(acs[:, :, bases[:, None] + lines[None, :]], axis=1)
+    spectra = spectra.transpose(1, 2, 0, 3).reshape(num_kx, bases.size, -1)
+    power = np.conj(spectra.transpose(0, 2, 1)) @ spectra  # [f, (c, line), (c', line')]
+    correlation = np.fft.ifft(power, axis=0)  # [lag, (c, line), (c', line')]
+    correlation = correlation.reshape(num_kx, num_coils, lines.size, num_coils, lines.size)
+    sources, targets = np.arange(offsets.size), np.arange(offsets.size, lines.size)
+    taps = np.arange(readout_points)
+    # A column (c, a, j) reads kx + a - half: lag a' - a between two source taps,
+    # half - a between a source tap and the target at the kernel's centre.
+    lag = (taps[None, :] - taps[:, None]) % num_kx  # [a, a']
+    gram = correlation[lag[:, :, None, None], :, sources[None, None, :, None], :, sources]
+    # Indexing puts the advanced axes first: [a, a', j, j', c, c'] -> [c, a, j, c', a', j'].
+    gram = gram.transpose(4, 0, 2, 5, 1, 3).reshape(num_coils * readout_points * offsets.size, -1)
+    half = readout_points // 2
+    cross = correlation[
+        ((half - taps) % num_kx)[:, None, None], :, sources[None, :, None], :, targets
+    ]
+    # [a, j, d, c, c'] -> [c, a, j, d, c']
+    cross = cross.transpose(3, 0, 1, 2, 4).reshape(gram.shape[0], -1)
+    return gram, cross
+
+
+def _solve_regularised(
+    gram: np.ndarray, cross: np.ndarray, largest: float, regularization: float
 ) -> np.ndarray:
-    """(G + lambda * s_max^2 I)^-1 from the eigen-decomposition of G = A^H A (s_max^2 = max eig)."""
-    eigenvalues = np.clip(eigenvalues, 0.0, None)
-    largest = float(eigenvalues[-1])
-    damped = eigenvalues + regularization * largest
-    # With lambda = 0 this is the pseudo-inverse: directions below round-off are dropped.
-    cutoff = largest * eigenvalues.size * np.finfo(eigenvalues.dtype).eps
-    shrink = np.where(damped > cutoff, 1.0 / np.maximum(damped, cutoff), 0.0)
-    return (eigenvectors * shrink) @ eigenvectors.conj().T
+    """(G + lambda * s_max^2 I)^-1 A^H B: Cholesky when damped, the pseudo-inverse otherwise."""
+    damped = gram + (regularization * largest) * np.eye(gram.shape[0])
+    if regularization > 0:
+        try:
+            return scipy.linalg.cho_solve(scipy.linalg.cho_factor(damped), cross)
+        except np.linalg.LinAlgError:
+            pass  # damping below round-off: fall through to the eigen-decomposition
+    eigenvalues, eigenvectors = np.linalg.eigh(damped)
+    # Directions below round-off are dropped (lambda = 0 gives the minimum-norm solution).
+    cutoff = largest * gram.shape[0] * np.finfo(gram.dtype).eps
+    shrink = np.where(eigenvalues > cutoff, 1.0 / np.maximum(eigenvalues, cutoff), 0.0)
+    return (eigenvectors * shrink) @ (eigenvectors.conj().T @ cross)
 
 
 def calibrate_grappa(
@@ -170,22 +210,19 @@ def calibrate_grappa_with_lambda(
     offsets = source_line_offsets(acceleration, kernel_lines)
     bases = np.arange(-offsets[0], num_lines - offsets[-1])
     acs = acs.astype(np.complex128)
-    sources = _source_patches(acs, bases[:, None] + offsets[None, :], None, readout_points)
-    adjoint = sources.conj().T
-    eigenvalues, eigenvectors = np.linalg.eigh(adjoint @ sources)
+    gram, cross = _normal_equations(acs, bases, offsets, readout_points, acceleration)
+    gram = (gram + gram.conj().T) / 2  # exactly Hermitian despite FFT round-off
+    eigenvalues = np.linalg.eigvalsh(gram)
     if eigenvalues[-1] <= 0.0:
         raise InvalidScanError("the ACS block is all zeros: nothing to calibrate GRAPPA on")
     if regularization is None:
         # Fewer fit rows than unknowns leave exact zeros that are no noise floor: skip them.
-        ranked = eigenvalues[-min(sources.shape) :]
+        ranked = eigenvalues[-min(gram.shape[0], num_kx * bases.size) :]
         line_energy = np.sum(np.abs(acs) ** 2, axis=(0, 1))
         regularization = auto_regularization(ranked, line_energy, acceleration)
-    inverse = _regularised_inverse(eigenvalues, eigenvectors, regularization)
-    # Targets of every offset d side by side: [kx * bases, (R-1) * coil], one product for all.
-    target_lines = bases[:, None] + np.arange(1, acceleration)[None, :]
-    targets = acs[:, :, target_lines].transpose(1, 2, 3, 0).reshape(sources.shape[0], -1)
-    solved = inverse @ (adjoint @ targets)
-    weights = solved.reshape(sources.shape[1], acceleration - 1, num_coils).transpose(1, 0, 2)
+    solved = _solve_regularised(gram, cross, float(eigenvalues[-1]), regularization)
+    # cross columns are (d, coil): weights [R-1, unknowns, coil].
+    weights = solved.reshape(gram.shape[0], acceleration - 1, num_coils).transpose(1, 0, 2)
     weights = weights.astype(np.complex64)
     return weights, float(regularization)
 
