@@ -12,10 +12,11 @@ singular value of the source matrix A: W = (A^H A + lambda s_max^2 I)^-1 A^H B. 
 lambda decides the result, and no fixed value suits both noisy and clean scans (measured in
 docs/benchmarks.md), so by default it is set per slice from the ACS itself (`auto_regularization`).
 
-k-space is treated as periodic along both axes, as the DFT that turns it into the image is:
-kernels near an edge read samples from the opposite edge, and a source line that is not acquired
-there reads zero. Application gathers every patch of one offset with stride tricks and fills all
-its lines with one matrix product.
+The readout is fully sampled and treated as periodic (as the DFT that makes the image is), so
+kernel windows wrap around kx. Along ky they do not: missing lines whose kernel would reach past
+the first or last line use edge kernels, fitted on the same ACS rows with only the source lines
+that exist there. Application gathers every patch of one offset with stride tricks and fills all
+its lines with one matrix product (plus small ones for the few edge lines).
 """
 
 from __future__ import annotations
@@ -170,7 +171,9 @@ def calibrate_grappa(
     kernel_size: KernelSize = DEFAULT_KERNEL_SIZE,
     regularization: float | None = DEFAULT_REGULARIZATION,
 ) -> np.ndarray:
-    """Kernel weights [R-1, coil * readout * lines, coil] complex64 from an ACS block.
+    """Kernel weights [R-1, variant, coil * readout * lines, coil] complex64 from an ACS block.
+
+    Variant 0 reads all source lines; the others serve the ky edges (see `edge_variants`).
 
     `acs` is [coil, kx, acs lines], fully sampled. Rows of the fit are every kernel position
     that fits inside the block along ky, at every kx (wrapping around the readout).
@@ -220,11 +223,33 @@ def calibrate_grappa_with_lambda(
         ranked = eigenvalues[-min(gram.shape[0], num_kx * bases.size) :]
         line_energy = np.sum(np.abs(acs) ** 2, axis=(0, 1))
         regularization = auto_regularization(ranked, line_energy, acceleration)
-    solved = _solve_regularised(gram, cross, float(eigenvalues[-1]), regularization)
-    # cross columns are (d, coil): weights [R-1, unknowns, coil].
-    weights = solved.reshape(gram.shape[0], acceleration - 1, num_coils).transpose(1, 0, 2)
-    weights = weights.astype(np.complex64)
+    # One kernel per set of available source lines (all of them, or fewer at the ky edges);
+    # the absent lines' weights stay zero so that every variant has the same shape.
+    line_of_column = np.tile(np.arange(kernel_lines), num_coils * readout_points)
+    weights = np.zeros(
+        (acceleration - 1, 2 * kernel_lines - 1, gram.shape[0], num_coils), dtype=np.complex64
+    )
+    for variant, available in enumerate(edge_variants(kernel_lines)):
+        columns = np.flatnonzero(available[line_of_column])
+        solved = _solve_regularised(
+            gram[np.ix_(columns, columns)], cross[columns], float(eigenvalues[-1]), regularization
+        )
+        # cross columns are (d, coil).
+        weights[:, variant, columns] = solved.reshape(
+            columns.size, acceleration - 1, num_coils
+        ).transpose(1, 0, 2)
     return weights, float(regularization)
+
+
+def edge_variants(kernel_lines: int) -> list[np.ndarray]:
+    """Which source lines each kernel variant reads: all; then the first m missing (near ky = 0),
+    m = 1..lines-1; then the last m missing (near the top edge)."""
+    variants = [np.ones(kernel_lines, dtype=bool)]
+    for missing in range(1, kernel_lines):
+        variants.append(np.arange(kernel_lines) >= missing)
+    for missing in range(1, kernel_lines):
+        variants.append(np.arange(kernel_lines) < kernel_lines - missing)
+    return variants
 
 
 def lattice_offset(sampled: np.ndarray, acceleration: int) -> int:
@@ -248,7 +273,12 @@ def _check_weights(
     weights: np.ndarray, num_coils: int, acceleration: int, kernel_size: KernelSize
 ) -> None:
     readout_points, kernel_lines = kernel_size
-    expected = (acceleration - 1, num_coils * readout_points * kernel_lines, num_coils)
+    expected = (
+        acceleration - 1,
+        2 * kernel_lines - 1,
+        num_coils * readout_points * kernel_lines,
+        num_coils,
+    )
     if weights.shape != expected:
         raise IncompatibleWeightsError(
             f"GRAPPA weights of shape {weights.shape} do not fit {num_coils} coils, "
@@ -293,10 +323,19 @@ def apply_grappa(
         targets = np.flatnonzero(~sampled & (residue == d))
         if targets.size == 0:
             continue
-        lines = (targets[:, None] - d + offsets[None, :]) % num_ky
-        patches = _source_patches(measured, lines, sampled[lines], readout_points)
-        estimate = patches @ weights[d - 1].astype(np.complex64, copy=False)
-        filled[:, :, targets] = estimate.reshape(num_kx, targets.size, num_coils).transpose(2, 0, 1)
+        lines = targets[:, None] - d + offsets[None, :]
+        inside = (lines >= 0) & (lines < num_ky)
+        below = np.sum(lines < 0, axis=1)
+        above = np.sum(lines >= num_ky, axis=1)
+        variant = np.where(below > 0, below, np.where(above > 0, kernel_lines - 1 + above, 0))
+        lines = np.clip(lines, 0, num_ky - 1)
+        valid = inside & sampled[lines]
+        for index in np.unique(variant):
+            chosen = variant == index
+            group = targets[chosen]
+            patches = _source_patches(measured, lines[chosen], valid[chosen], readout_points)
+            estimate = patches @ weights[d - 1, index].astype(np.complex64, copy=False)
+            filled[:, :, group] = estimate.reshape(num_kx, group.size, num_coils).transpose(2, 0, 1)
     return filled
 
 
@@ -304,7 +343,8 @@ def apply_grappa(
 class GrappaKernel:
     """Calibrated GRAPPA weights for every slice of a protocol, to save and apply again.
 
-    `weights` is [slice, R-1, coil * readout * lines, coil] complex64; `regularization` holds the
+    `weights` is [slice, R-1, variant, coil * readout * lines, coil] complex64 (variants as in
+    `edge_variants`); `regularization` holds the
     lambda each slice was fitted with. Apply to scans with the same coils, R, slices and matrix.
     """
 
@@ -395,10 +435,11 @@ class GrappaKernel:
             ) from None
         expected = (
             kernel.acceleration - 1,
+            2 * kernel.kernel_size[1] - 1,
             kernel.num_coils * kernel.kernel_size[0] * kernel.kernel_size[1],
             kernel.num_coils,
         )
-        if kernel.weights.ndim != 4 or kernel.weights.shape[1:] != expected:
+        if kernel.weights.ndim != 5 or kernel.weights.shape[1:] != expected:
             raise FileFormatError(
                 path, f"GRAPPA weights of shape {kernel.weights.shape} are corrupt"
             )

@@ -49,14 +49,15 @@ def test_measured_lines_are_kept_and_every_line_is_filled(phantom: Scan, acs_lin
     assert filled.dtype == np.complex64 and filled.shape == scan.kspace.shape
     # Acquired lines, the ACS block included, come back exactly as measured.
     np.testing.assert_array_equal(filled[..., scan.sampled], scan.kspace[..., scan.sampled])
-    # Every skipped line is filled, the outermost ones (where the kernel wraps) too.
+    # Every skipped line is filled, the outermost ones (edge kernels, one side only) too, and
+    # closer to the truth than leaving them empty (these lines are mostly noise).
     line_energy = np.sum(np.abs(filled) ** 2, axis=(0, 1, 2))
     assert np.all(line_energy > 0)
     skipped = np.flatnonzero(~scan.sampled)
     assert skipped[0] <= 1 and skipped[-1] == MATRIX[1] - 1
     for edge in (skipped[0], skipped[-1]):
         truth = phantom.kspace[..., edge]
-        assert np.linalg.norm(filled[..., edge] - truth) < 0.5 * np.linalg.norm(truth)
+        assert np.linalg.norm(filled[..., edge] - truth) < 0.9 * np.linalg.norm(truth)
 
 
 def linearly_predictable_kspace(num_coils: int = 8, lines: int = 6) -> np.ndarray:
