@@ -68,14 +68,16 @@ def _method_rows(
     comparison: Mapping[str, Mapping[str, float]] | None,
     timings: Mapping[str, float],
 ) -> dict[str, dict[str, float]]:
-    """Methods in the order zero-filled, GRAPPA, RAKI, then any other; `time` read as time_s."""
-    if comparison:
-        rows = {name: dict(values) for name, values in comparison.items()}
-    elif metrics:
-        rows = {method: dict(metrics)}
+    """Methods in the order zero-filled, GRAPPA, RAKI, then any other; `time` read as time_s.
+
+    The run's own method is a row whenever it has metrics, beside the compared ones.
+    """
+    rows = {name: dict(values) for name, values in (comparison or {}).items()}
+    if metrics:
+        rows[method] = {**rows.get(method, {}), **metrics}
         if "total_s" in timings:
             rows[method].setdefault("time_s", timings["total_s"])
-    else:
+    if not rows:
         return {}
     for values in rows.values():
         if "time" in values:

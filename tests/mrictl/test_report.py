@@ -173,3 +173,16 @@ def test_a_missing_strip_is_a_not_found_error(
         write_report(tmp_path / "out", **report_args(scan, strip_png=tmp_path / "Doe" / "s.png"))
     assert caught.value.exit_code == ExitCode.NOT_FOUND
     assert str(caught.value) == "s.png: no such image for the report"
+
+
+def test_the_run_method_is_a_row_beside_the_compared_ones(
+    tmp_path: Path, undersampled: tuple[Scan, np.ndarray]
+) -> None:
+    scan, _ = undersampled
+    compared = {name: row for name, row in COMPARISON.items() if name != "raki"}
+    json_path, md_path = write_report(
+        tmp_path, **report_args(scan, metrics=COMPARISON["raki"], comparison=compared)
+    )
+    rows = json.loads(json_path.read_text())["comparison"]
+    assert set(rows) == {"raki", "grappa", "zerofill"}
+    assert "RAKI" in md_path.read_text()
