@@ -5,7 +5,10 @@ MRM 47:1202-1210 (2002). For every offset d = 1..R-1 between acquired lines, a l
 maps a block of `kernel_size = (readout points, acquired lines)` samples of all coils to the
 missing sample of every coil at (kx, base + d):
 
-    target[c] = sum_{c', a, j} W_d[(c', a, j), c] * k[c', kx + a, base + R j]
+    target[c] = sum_{c', a, j} W_d[(c', a, j), c] * k[c', kx + a - h, base + o_j]
+
+with readout taps a = 0..points-1 around the target (h = points // 2) and source lines
+o_j = R (j - (lines - 1) // 2) on both sides of the gap (`source_line_offsets`).
 
 The fit is ridge regression on the ACS block, with Tikhonov weight relative to the largest
 singular value of the source matrix A: W = (A^H A + lambda s_max^2 I)^-1 A^H B. On noisy data
@@ -119,29 +122,35 @@ def _normal_equations(
 
     With the readout wrapping around, every entry of A^H A and A^H B is a circular
     cross-correlation along kx between two ky lines (summed over kernel positions), at the lag
-    between their readout taps; FFTs give all lags at once, about (readout points)^2 times
-    fewer operations than the product of the patch matrix with itself.
+    between their readout taps: products of the lines' spectra, about (readout points)^2
+    times fewer operations than the product of the patch matrix with itself.
     """
     num_coils, num_kx, _ = acs.shape
     lines = np.concatenate([offsets, np.arange(1, acceleration)])  # sources, then targets
-    # [kx frequency, base, coil * line] so that one batched product sums over bases.
-    spectra = np.fft.fft(acs[:, :, bases[:, None] + lines[None, :]], axis=1)
-    spectra = spectra.transpose(1, 2, 0, 3).reshape(num_kx, bases.size, -1)
-    power = np.conj(spectra.transpose(0, 2, 1)) @ spectra  # [f, (c, line), (c', line')]
-    correlation = np.fft.ifft(power, axis=0)  # [lag, (c, line), (c', line')]
-    correlation = correlation.reshape(num_kx, num_coils, lines.size, num_coils, lines.size)
-    sources, targets = np.arange(offsets.size), np.arange(offsets.size, lines.size)
+    # [kx frequency, base, coil, line] so that one batched product sums over bases.
+    spectra = np.fft.fft(acs[:, :, bases[:, None] + lines[None, :]], axis=1).transpose(1, 2, 0, 3)
+    every_line = spectra.reshape(num_kx, bases.size, -1)
+    source_lines = spectra[..., : offsets.size].reshape(num_kx, bases.size, -1)
+    power = np.conj(source_lines.transpose(0, 2, 1)) @ every_line  # [f, (c, j), (c', line)]
     taps = np.arange(readout_points)
+    half = readout_points // 2
     # A column (c, a, j) reads kx + a - half: lag a' - a between two source taps,
-    # half - a between a source tap and the target at the kernel's centre.
-    lag = (taps[None, :] - taps[:, None]) % num_kx  # [a, a']
-    gram = correlation[lag[:, :, None, None], :, sources[None, None, :, None], :, sources]
+    # half - a between a source tap and the target at the kernel's centre. Only these few
+    # lags are needed, so a small DFT beats a full inverse FFT.
+    tap_lags = (taps[None, :] - taps[:, None]) % num_kx  # [a, a']
+    target_lags = (half - taps) % num_kx  # [a]
+    lags = np.unique(np.concatenate([tap_lags.ravel(), target_lags]))
+    phases = np.exp(2j * np.pi * np.outer(lags, np.arange(num_kx)) / num_kx) / num_kx
+    correlation = (phases @ power.reshape(num_kx, -1)).reshape(
+        lags.size, num_coils, offsets.size, num_coils, lines.size
+    )
+    sources, targets = np.arange(offsets.size), np.arange(offsets.size, lines.size)
+    tap_index = np.searchsorted(lags, tap_lags)
+    gram = correlation[tap_index[:, :, None, None], :, sources[None, None, :, None], :, sources]
     # Indexing puts the advanced axes first: [a, a', j, j', c, c'] -> [c, a, j, c', a', j'].
     gram = gram.transpose(4, 0, 2, 5, 1, 3).reshape(num_coils * readout_points * offsets.size, -1)
-    half = readout_points // 2
-    cross = correlation[
-        ((half - taps) % num_kx)[:, None, None], :, sources[None, :, None], :, targets
-    ]
+    target_index = np.searchsorted(lags, target_lags)
+    cross = correlation[target_index[:, None, None], :, sources[None, :, None], :, targets]
     # [a, j, d, c, c'] -> [c, a, j, d, c']
     cross = cross.transpose(3, 0, 1, 2, 4).reshape(gram.shape[0], -1)
     return gram, cross
