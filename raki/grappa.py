@@ -522,6 +522,10 @@ def reconstruct_grappa(
             scan, kernel_size=kernel_size or DEFAULT_KERNEL_SIZE, regularization=regularization
         )
     else:
+        if not isinstance(kernel, GrappaKernel):
+            raise IncompatibleWeightsError(
+                f"GRAPPA takes a GrappaKernel, not {type(kernel).__name__}"
+            )
         _check_sampling(scan)
         kernel.check_compatible(scan)
         if kernel_size is not None and tuple(kernel_size) != tuple(kernel.kernel_size):

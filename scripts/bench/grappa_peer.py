@@ -187,7 +187,7 @@ def run_case(path: Path, acceleration: int, acs_lines: int, repeats: int) -> dic
 
 def markdown(cases: list[dict[str, object]]) -> str:
     lines = [
-        "| data | R | ACS | method | lambda | NMSE | PSNR dB | SSIM | time s | speed-up |",
+        "| data | R | ACS | method | lambda | NMSE | PSNR dB | SSIM | time s | vs ours |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
@@ -199,7 +199,7 @@ def markdown(cases: list[dict[str, object]]) -> str:
             speed = f"{seconds / ours:.0f}x slower" if seconds and name.startswith("py") else ""
             lines.append(
                 f"| {case['file']} | {case['acceleration']} | {case['acs_lines']} | {name} | "
-                f"{'' if lam is None else f'{lam:.1e}'} | {row['nmse']:.4f} | "
+                f"{'' if lam is None else f'{lam:.1e}'} | {row['nmse']:.3g} | "
                 f"{row['psnr']:.2f} | {row['ssim']:.3f} | "
                 f"{'' if seconds is None else f'{seconds:.3f}'} | {speed} |"
             )

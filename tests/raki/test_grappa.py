@@ -132,6 +132,8 @@ def test_incompatible_kernel_is_refused_with_the_reason(phantom: Scan) -> None:
         reconstruct_grappa(accelerated(phantom, 4, 16), kernel=kernel)
     with pytest.raises(IncompatibleWeightsError, match="not the 5x4"):
         reconstruct_grappa(accelerated(phantom, 3, 16), kernel=kernel, kernel_size=(5, 4))
+    with pytest.raises(IncompatibleWeightsError, match="takes a GrappaKernel, not dict"):
+        reconstruct_grappa(accelerated(phantom, 3, 16), kernel={"weights": kernel.weights})
     with pytest.raises(IncompatibleWeightsError, match="do not fit"):
         apply_grappa(phantom.kspace[0], np.ones(MATRIX[1], bool), kernel.weights[0], 2, (9, 2))
 
