@@ -9,6 +9,7 @@ import typer
 from mrictl.cli.common import DeviceOption, JsonFlag
 from mrictl.cli.recon import IterationsOption
 from mrictl.cli.scan import parse_matrix
+from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
 
 
@@ -35,14 +36,14 @@ def bench(
 
     output = Output(json)
     settings = BenchSettings(
-        method=method or DEFAULT_METHOD,
+        method=method or load_settings().method or DEFAULT_METHOD,
         matrix=parse_matrix(matrix),
         coils=coils,
         slices=slices,
         acceleration=accel,
         acs_lines=acs,
         iterations=iterations,
-        device=device or "auto",
+        device=device or load_settings().device,
         slices_per_scan=slices_per_scan,
         price_per_hour=price_per_hour,
     )

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from mrictl.cli.common import BackendOption, HomeOption, JsonFlag
 from mrictl.cli.recon import IterationsOption, MethodOption
+from mrictl.config import load_settings
 from mrictl.output import Output
 
 
@@ -55,7 +56,7 @@ def demo(
         backend_for(home, backend),
         out,
         input_path=input_path,
-        method=method,
+        method=method or load_settings().method,
         acceleration=accel,
         acs_lines=acs,
         iterations=iterations,

@@ -65,7 +65,7 @@ def upload(
         backend_for(home, backend),
         paths,
         to_dir=to,
-        method=method,
+        method=method or load_settings().method,
         options=recon_options(accel, acs, None, None),
         axis_order=axis_order,
     )
@@ -98,7 +98,13 @@ def submit(
 
     output = Output(json)
     store = backend_for(home, backend)
-    record = jobs.submit(store, source, method, recon_options(accel, acs, device, iterations))
+    settings = load_settings()
+    record = jobs.submit(
+        store,
+        source,
+        method or settings.method,
+        recon_options(accel, acs, device or settings.device, iterations),
+    )
     if wait:
         output.info(f"submitted {record['job_id']}; waiting")
         record = jobs.wait(store, record["job_id"], timeout)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from mrictl.cli.common import DeviceOption, JsonFlag
+from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
 
 app = typer.Typer(help="Reconstruct scans: locally now, or as queued jobs.", no_args_is_help=True)
@@ -65,11 +66,13 @@ def run(
     from raki.recon import DEFAULT_METHOD
 
     output = Output(json)
+    settings = load_settings()
+    method = method or settings.method
     options = ReconOptions(
         method=method,
         acceleration=accel,
         acs_lines=acs,
-        device=device or "auto",
+        device=device or settings.device,
         iterations=iterations,
         weights=weights,
     )

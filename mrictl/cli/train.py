@@ -9,6 +9,7 @@ import typer
 
 from mrictl.cli.common import DeviceOption, JsonFlag
 from mrictl.cli.recon import AccelOption, AcsOption, IterationsOption, progress_reporter
+from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
 
 
@@ -33,7 +34,7 @@ def train(
             method=method,
             acceleration=accel,
             acs_lines=acs,
-            device=device or "auto",
+            device=device or load_settings().device,
             iterations=iterations,
             progress=progress_reporter(update),
         )

@@ -1,0 +1,49 @@
+"""Settings come from flags, then MRICTL_* variables, then the XDG config file, then defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mrictl.config import load_settings
+from mrictl.errors import ExitCode, MrictlError
+from tests.mrictl.cli_helpers import invoke
+
+
+def write_config(text: str) -> Path:
+    import os
+
+    path = Path(os.environ["XDG_CONFIG_HOME"]) / "mrictl" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_defaults_then_file_then_overrides(monkeypatch, tmp_path):
+    monkeypatch.delenv("MRICTL_HOME")
+    assert load_settings().home.name == "mrictl" and load_settings().method is None
+    write_config(f'[mrictl]\nmethod = "grappa"\nhome = "{tmp_path / "h"}"\n')
+    assert load_settings().method == "grappa" and load_settings().home == tmp_path / "h"
+    assert load_settings(method="zerofill").method == "zerofill"
+
+
+def test_a_bad_config_file_is_a_usage_error():
+    write_config("method = [unterminated")
+    with pytest.raises(MrictlError) as caught:
+        load_settings()
+    assert caught.value.exit_code == ExitCode.USAGE
+    write_config('colour = "blue"\n')
+    with pytest.raises(MrictlError, match="unknown keys: colour"):
+        load_settings()
+
+
+def test_recon_run_takes_the_method_from_file_then_env_then_flag(tmp_path, monkeypatch):
+    full = tmp_path / "full.h5"
+    invoke("scan", "simulate", "--out", str(full), "--matrix", "32x24", "--coils", "4")
+    run = ("recon", "run", str(full), "--accel", "2", "--acs", "8", "--out", str(tmp_path / "o.h5"))
+    write_config('method = "grappa"\n')
+    assert invoke(*run, "--json").json()["method"] == "grappa"
+    monkeypatch.setenv("MRICTL_METHOD", "zerofill")
+    assert invoke(*run, "--json").json()["method"] == "zerofill"
+    assert invoke(*run, "--method", "grappa", "--json").json()["method"] == "grappa"
