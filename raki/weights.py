@@ -2,17 +2,19 @@
 
 A file holds, per slice, the fused networks' state dict and the scale the ACS was divided by,
 plus metadata: method, R, ACS block, coils, matrix, hyperparameters, loss curves, the sha256 of
-the training k-space and the library version. Files are written atomically (a temporary file
+the training k-space and the library version. rRAKI weights also carry the GRAPPA kernel whose
+prediction they are blended with. Files are written atomically (a temporary file
 in the same folder, then os.replace) and read with `torch.load(weights_only=True)`, which
 unpickles tensors and plain containers only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import torch
 
 from raki import __version__
 from raki.errors import FileFormatError, IncompatibleWeightsError
+from raki.grappa import GrappaKernel
 from raki.scan import Scan
 
 FORMAT = "raki-weights"
@@ -48,6 +51,7 @@ class RakiWeights:
     input_sha256: str = ""
     library_version: str = __version__
     train_seconds: float = 0.0
+    grappa: GrappaKernel | None = None
 
     @property
     def num_slices(self) -> int:
@@ -68,6 +72,8 @@ class RakiWeights:
             "input_sha256": self.input_sha256,
             "library_version": self.library_version,
             "train_seconds": self.train_seconds,
+            "grappa_kernel_size": list(self.grappa.kernel_size) if self.grappa else None,
+            "grappa_regularization": list(self.grappa.regularization) if self.grappa else None,
         }
 
     def check_compatible(self, scan: Scan, method: str) -> None:
@@ -99,6 +105,8 @@ class RakiWeights:
         for failed, reason in problems:
             if failed:
                 raise IncompatibleWeightsError(f"weights do not fit this scan: {reason}")
+        if self.grappa is not None:
+            self.grappa.check_compatible(scan)
 
     def save(self, path: str | Path) -> Path:
         """Write the weights atomically to `path`; returns the path."""
@@ -106,12 +114,17 @@ class RakiWeights:
         payload = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            **{key: value for key, value in asdict(self).items() if key != "state_dicts"},
+            **{
+                item.name: getattr(self, item.name)
+                for item in dataclasses.fields(self)
+                if item.name not in ("state_dicts", "matrix", "grappa")
+            },
             "matrix": list(self.matrix),
             "state_dicts": [
                 {name: tensor.detach().cpu() for name, tensor in state.items()}
                 for state in self.state_dicts
             ],
+            "grappa": _grappa_to_payload(self.grappa) if self.grappa is not None else None,
         }
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
@@ -155,6 +168,31 @@ class RakiWeights:
                 input_sha256=str(payload["input_sha256"]),
                 library_version=str(payload["library_version"]),
                 train_seconds=float(payload["train_seconds"]),
+                grappa=_grappa_from_payload(payload["grappa"]) if payload["grappa"] else None,
             )
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise FileFormatError(path, f"weights file lacks or garbles {error}") from None
+
+
+def _grappa_to_payload(kernel: GrappaKernel) -> dict[str, object]:
+    """A GRAPPA kernel as tensors and plain values, which `torch.load(weights_only=True)` reads."""
+    payload: dict[str, object] = {}
+    for item in dataclasses.fields(kernel):
+        value = getattr(kernel, item.name)
+        if isinstance(value, np.ndarray):
+            value = torch.from_numpy(np.ascontiguousarray(value))
+        elif isinstance(value, tuple):
+            value = list(value)
+        payload[item.name] = value
+    return payload
+
+
+def _grappa_from_payload(payload: dict[str, object]) -> GrappaKernel:
+    values = {}
+    for name, value in payload.items():
+        if isinstance(value, torch.Tensor):
+            value = value.numpy()
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return GrappaKernel(**values)

@@ -9,6 +9,7 @@ from raki.metrics import nmse
 from raki.phantom import simulate_scan
 from raki.recon import DEFAULT_METHOD, METHODS, ReconResult, reconstruct
 from raki.scan import Scan
+from raki.train import TrainingConfig
 from tests.raki.test_train import undersampled
 
 MATRIX = (48, 40)
@@ -31,7 +32,7 @@ def results(scan) -> dict[str, ReconResult]:
 
 def test_methods_listed_and_default_among_them():
     assert set(METHODS) == {"raki", "rraki", "grappa", "zerofill"}
-    assert DEFAULT_METHOD in METHODS
+    assert DEFAULT_METHOD == "rraki"
 
 
 @pytest.mark.parametrize("method", ["raki", "rraki"])
@@ -97,6 +98,20 @@ def test_image_on_the_scale_of_the_input(scan):
     np.testing.assert_allclose(scaled.image, result.image * 1000, rtol=1e-3, atol=1e-3)
 
 
+def test_rraki_is_the_average_of_its_networks_and_grappa(scan):
+    def rraki(share: float) -> ReconResult:
+        config = TrainingConfig(iterations=15, grappa_share=share)
+        return reconstruct(scan, "rraki", config=config)
+
+    networks_only, grappa_only, default = rraki(0.0), rraki(1.0), rraki(0.5)
+    np.testing.assert_allclose(grappa_only.kspace, reconstruct(scan, "grappa").kspace, atol=1e-4)
+    np.testing.assert_allclose(
+        default.kspace, (networks_only.kspace + grappa_only.kspace) / 2, rtol=1e-5, atol=1e-4
+    )
+    np.testing.assert_array_equal(default.kspace[..., scan.sampled], scan.kspace[..., scan.sampled])
+    assert default.details["hyperparameters"]["grappa_share"] == 0.5
+
+
 def test_zerofill_and_unknown_method(scan):
     result = reconstruct(scan, "zerofill")
     np.testing.assert_array_equal(result.kspace, scan.kspace * scan.sampled)
@@ -105,9 +120,6 @@ def test_zerofill_and_unknown_method(scan):
 
 
 def test_grappa_is_wired(phantom, scan):
-    grappa = pytest.importorskip("raki.grappa")
-    if not hasattr(grappa, "reconstruct_grappa"):
-        pytest.skip("raki.grappa has no reconstruct_grappa yet")
     result = reconstruct(scan, "grappa")
     reference = rss_image(phantom.kspace)
     assert nmse(reference, result.image) < nmse(reference, reconstruct(scan, "zerofill").image)

@@ -8,6 +8,7 @@ from raki import __version__
 from raki.errors import FileFormatError, IncompatibleWeightsError
 from raki.phantom import simulate_scan
 from raki.recon import reconstruct
+from raki.sampling import AcsBlock
 from raki.scan import Scan
 from raki.train import train_scan
 from raki.weights import RakiWeights, kspace_sha256
@@ -42,6 +43,24 @@ def test_save_load_round_trip_reconstructs_identically(tmp_path, scan, weights):
     later = reconstruct(scan, weights.method, weights=loaded)
     np.testing.assert_array_equal(direct.kspace, later.kspace)
     assert later.timings["train_s"] == 0.0 and later.details["trained_here"] is False
+
+
+def test_rraki_weights_carry_their_grappa_kernel(tmp_path, scan, weights):
+    if weights.method != "rraki":
+        assert weights.grappa is None
+        return
+    assert weights.grappa is not None and weights.grappa.num_slices == 2
+    loaded = RakiWeights.load(weights.save(tmp_path / "rraki.pt"))
+    np.testing.assert_array_equal(loaded.grappa.weights, weights.grappa.weights)
+    assert loaded.grappa.kernel_size == weights.grappa.kernel_size
+    assert loaded.grappa.regularization == weights.grappa.regularization
+    shorter = scan.replace(
+        kspace=scan.kspace[..., 2:],
+        sampled=scan.sampled[2:],
+        acs=AcsBlock(scan.acs.start - 2, scan.acs.stop - 2),
+    )
+    with pytest.raises(IncompatibleWeightsError, match="GRAPPA kernel does not fit"):
+        reconstruct(shorter, "rraki", weights=weights)
 
 
 def test_metadata_says_what_was_trained_on(scan, weights):
