@@ -18,8 +18,9 @@ docs/benchmarks.md), so by default it is set per slice from the ACS itself (`aut
 The readout is fully sampled and treated as periodic (as the DFT that makes the image is), so
 kernel windows wrap around kx. Along ky they do not: missing lines whose kernel would reach past
 the first or last line use edge kernels, fitted on the same ACS rows with only the source lines
-that exist there. Application gathers every patch of one offset with stride tricks and fills all
-its lines with one matrix product (plus small ones for the few edge lines).
+that exist there (and more damping, since they extrapolate). Application gathers every patch of
+one offset with stride tricks and fills all its lines with one matrix product (plus small ones
+for the few edge lines).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ DEFAULT_KERNEL_SIZE: KernelSize = (9, 2)
 DEFAULT_REGULARIZATION: float | None = None
 # The automatic rule's constant, measured with scripts/bench/grappa_peer.py --sweep.
 AUTO_REGULARIZATION_SCALE = 0.2
+# Edge kernels extrapolate from one side, which amplifies noise: they get this many times the
+# lambda (measured: 10 beat 1, 100 and 1000, wrapping and zero-padding; docs/benchmarks.md).
+EDGE_REGULARIZATION_FACTOR = 10.0
 
 _FORMAT_NAME = "raki-grappa-kernel"
 _FORMAT_VERSION = 1
@@ -240,8 +244,9 @@ def calibrate_grappa_with_lambda(
     )
     for variant, available in enumerate(edge_variants(kernel_lines)):
         columns = np.flatnonzero(available[line_of_column])
+        damping = regularization if variant == 0 else regularization * EDGE_REGULARIZATION_FACTOR
         solved = _solve_regularised(
-            gram[np.ix_(columns, columns)], cross[columns], float(eigenvalues[-1]), regularization
+            gram[np.ix_(columns, columns)], cross[columns], float(eigenvalues[-1]), damping
         )
         # cross columns are (d, coil).
         weights[:, variant, columns] = solved.reshape(
