@@ -46,9 +46,10 @@ class CoilCompression:
         virtual = np.matmul(self.bases.conj().transpose(0, 2, 1), flat)
         return np.ascontiguousarray(virtual.reshape(-1, self.num_virtual, *kspace.shape[2:]))
 
-    def expand(self, kspace: np.ndarray) -> np.ndarray:
-        """Virtual [slice, N, kx, ky] -> physical [slice, coil, kx, ky] (U y)."""
-        return np.einsum("spv,svxy->spxy", self.bases, kspace, optimize=True).astype(np.complex64)
+    def expand(self, kspace: np.ndarray, slices: slice = slice(None)) -> np.ndarray:
+        """Virtual [slice, N, kx, ky] -> physical [slice, coil, kx, ky] (U y), bases[slices]."""
+        physical = np.matmul(self.bases[slices], kspace.reshape(*kspace.shape[:2], -1))
+        return np.ascontiguousarray(physical.reshape(-1, self.num_physical, *kspace.shape[2:]))
 
     def as_dict(self) -> dict[str, object]:
         """Facts for logs and ReconResult.details (not the bases themselves)."""

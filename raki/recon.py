@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from raki.coils import CoilCompression
 from raki.device import resolve_device
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
@@ -142,13 +143,21 @@ def apply_weights(scan: Scan, weights: RakiWeights, device: str = "auto") -> np.
     offset = lattice_offset(scan)
     filled = np.empty_like(scan.kspace)
     hidden = tuple(weights.hyperparameters.get("hidden", (32, 8)))
+    compression = None
+    network_kspace = scan.kspace
+    if weights.coil_bases is not None:
+        compression = CoilCompression(weights.coil_bases, (), 0.0)
+        network_kspace = compression.compress(scan.kspace)
+    coils = network_kspace.shape[1]
     for index, (state, scale) in enumerate(zip(weights.state_dicts, weights.scales, strict=True)):
-        networks = build_networks(weights.method, scan.num_coils, scan.acceleration, hidden)
+        networks = build_networks(weights.method, coils, scan.acceleration, hidden)
         networks.load_state_dict(state)
         networks = networks.to(torch_device).eval()
         predicted = fill_slice(
-            networks, scan.kspace[index], scan.acceleration, offset, scale, torch_device
+            networks, network_kspace[index], scan.acceleration, offset, scale, torch_device
         )
+        if compression is not None:
+            predicted = compression.expand(predicted[None], slices=slice(index, index + 1))[0]
         filled[index] = np.where(scan.sampled, scan.kspace[index], predicted)
     if weights.grappa is not None:
         share = np.float32(weights.hyperparameters.get("grappa_share", 0.5))
@@ -205,6 +214,7 @@ def reconstruct(
             "hyperparameters": weights.hyperparameters,
             "trained_here": timings["train_s"] > 0,
             "weights_input_sha256": weights.input_sha256,
+            "virtual_coils": weights.metadata()["virtual_coils"],
         }
     elif method == "grappa":
         kspace = reconstruct_grappa(scan, kernel=weights)

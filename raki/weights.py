@@ -52,6 +52,9 @@ class RakiWeights:
     library_version: str = __version__
     train_seconds: float = 0.0
     grappa: GrappaKernel | None = None
+    # SVD coil compression (raki.coils): per-slice bases [slice, physical, virtual] complex64;
+    # the networks then read and predict the virtual coils. None: trained on the physical coils.
+    coil_bases: np.ndarray | None = None
 
     @property
     def num_slices(self) -> int:
@@ -74,6 +77,7 @@ class RakiWeights:
             "train_seconds": self.train_seconds,
             "grappa_kernel_size": list(self.grappa.kernel_size) if self.grappa else None,
             "grappa_regularization": list(self.grappa.regularization) if self.grappa else None,
+            "virtual_coils": None if self.coil_bases is None else int(self.coil_bases.shape[2]),
         }
 
     def check_compatible(self, scan: Scan, method: str) -> None:
@@ -117,7 +121,7 @@ class RakiWeights:
             **{
                 item.name: getattr(self, item.name)
                 for item in dataclasses.fields(self)
-                if item.name not in ("state_dicts", "matrix", "grappa")
+                if item.name not in ("state_dicts", "matrix", "grappa", "coil_bases")
             },
             "matrix": list(self.matrix),
             "state_dicts": [
@@ -125,6 +129,9 @@ class RakiWeights:
                 for state in self.state_dicts
             ],
             "grappa": _grappa_to_payload(self.grappa) if self.grappa is not None else None,
+            "coil_bases": None
+            if self.coil_bases is None
+            else torch.from_numpy(np.ascontiguousarray(self.coil_bases)),
         }
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
@@ -169,6 +176,7 @@ class RakiWeights:
                 library_version=str(payload["library_version"]),
                 train_seconds=float(payload["train_seconds"]),
                 grappa=_grappa_from_payload(payload["grappa"]) if payload["grappa"] else None,
+                coil_bases=_bases_from_payload(payload.get("coil_bases")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise FileFormatError(path, f"weights file lacks or garbles {error}") from None
@@ -196,3 +204,11 @@ def _grappa_from_payload(payload: dict[str, object]) -> GrappaKernel:
             value = tuple(value)
         values[name] = value
     return GrappaKernel(**values)
+
+
+def _bases_from_payload(value: object) -> np.ndarray | None:
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor) or value.ndim != 3 or not value.is_complex():
+        raise TypeError("coil_bases")
+    return value.numpy().astype(np.complex64)
