@@ -96,6 +96,8 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--iterations", type=int, help="RAKI iterations (default: the library's)")
     parser.add_argument("--only", help="run only cases whose data name contains this text")
+    parser.add_argument("--accels", help="only these R, e.g. 4,5")
+    parser.add_argument("--acs", help="only these ACS sizes, e.g. 32")
     parser.add_argument("--no-phantoms", action="store_true")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m and (m != "pygrappa" or has_pygrappa())]
@@ -112,6 +114,10 @@ def main() -> int:
             jobs.append((f"phantom 8ch SNR {snr:g}", phantom, 4, 24))
     for name, full, acceleration, acs_lines in jobs:
         if args.only and args.only not in name:
+            continue
+        if args.accels and str(acceleration) not in args.accels.split(","):
+            continue
+        if args.acs and str(acs_lines) not in args.acs.split(","):
             continue
         print(f"{name} R={acceleration} ACS={acs_lines}", flush=True)
         rows = score_methods(full, acceleration, acs_lines, methods, args.iterations)
