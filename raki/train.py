@@ -80,12 +80,23 @@ class TrainingConfig:
     # "bf16" runs the networks under torch.autocast in bfloat16 (the loss and Adam stay fp32):
     # it pays where the hardware has bf16 matrix units (GPUs; CPUs with AVX-512 BF16 or AMX).
     precision: str = "fp32"
+    # Stop once the error on held-out ACS positions has not improved for this many reports
+    # (REPORT_EVERY iterations each) and keep the best weights; None trains all iterations.
+    early_stop_patience: int | None = None
+    # Start each slice from the previous slice's trained weights (neighbouring slices see
+    # similar coil maps); pays only with early stopping, which then stops sooner.
+    warm_start: bool = False
     seed: int = 0
 
     @classmethod
     def faithful(cls) -> TrainingConfig:
         """RAKI as published: fp32, 1000 iterations, physical coils, no GRAPPA average."""
-        return cls(iterations=DEFAULT_ITERATIONS, grappa_share=0.0, coil_energy=None)
+        return cls(
+            iterations=DEFAULT_ITERATIONS,
+            grappa_share=0.0,
+            coil_energy=None,
+            early_stop_patience=None,
+        )
 
     def as_dict(self) -> dict[str, object]:
         values = asdict(self)
@@ -191,6 +202,35 @@ def _loss(
     return network_error_norms(networks(inputs, acceleration) - targets, networks.num_networks)
 
 
+def _split_loss(
+    networks: RakiNetworks | ResidualRakiNetworks,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    acceleration: int,
+    linear_weight: float,
+    holdout: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_loss` on the ky training positions outside `holdout`, and on those inside it."""
+    if isinstance(networks, ResidualRakiNetworks):
+        count = networks.cnn.num_networks
+        linear, total = networks.forward_parts(inputs, acceleration)
+        errors = [(total - targets, 1.0), (linear - targets, linear_weight)]
+    else:
+        count = networks.num_networks
+        errors = [(networks(inputs, acceleration) - targets, 1.0)]
+    fitted = sum(w * network_error_norms(e[..., ~holdout], count) for e, w in errors)
+    held = sum(w * network_error_norms(e[..., holdout].detach(), count) for e, w in errors)
+    return fitted, held
+
+
+def holdout_positions(positions: int, fraction: float, device: torch.device) -> torch.Tensor:
+    """Every k-th ky training position, k = round(1 / fraction), kept out of the fit."""
+    step = max(2, round(1.0 / fraction))
+    mask = torch.zeros(positions, dtype=torch.bool, device=device)
+    mask[step // 2 :: step] = True
+    return mask
+
+
 @contextlib.contextmanager
 def denormals_flushed() -> Iterator[None]:
     """Flush denormal floats to zero on the CPU while training, then back to torch's default.
@@ -217,14 +257,25 @@ def fit_networks(
     progress: ProgressCallback | None = None,
     slice_index: int = 0,
     precision: str = "fp32",
+    early_stop_patience: int | None = None,
+    holdout_fraction: float = 0.15,
 ) -> list[float]:
     """Adam on the ACS pair; returns the loss of every iteration.
 
     Losses stay on the device and are read back every REPORT_EVERY iterations only, so that a
-    GPU never waits for the host inside the loop.
+    GPU never waits for the host inside the loop. With `early_stop_patience`, every k-th ky
+    training position (`holdout_fraction`) is kept out of the fit; its error, computed in the
+    same forward pass, is read at each report, and training stops once it has not improved by
+    0.1% for that many reports; the networks are then set to the best weights seen. (Reading
+    it is a host sync every REPORT_EVERY iterations, the price of deciding to stop.)
     """
     optimizer = torch.optim.Adam(networks.parameters(), lr=learning_rate)
     losses = torch.empty(iterations, device=inputs.device)
+    held = torch.empty(iterations, device=inputs.device)
+    holdout = None
+    if early_stop_patience is not None:
+        holdout = holdout_positions(targets.shape[-1], holdout_fraction, inputs.device)
+    best, best_state, stale = float("inf"), None, 0
     curve: list[float] = []
     with denormals_flushed():
         for iteration in range(iterations):
@@ -232,7 +283,22 @@ def fit_networks(
             with torch.autocast(
                 inputs.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
             ):
-                loss = _loss(networks, inputs, targets, acceleration, linear_weight)
+                if holdout is None:
+                    loss = _loss(networks, inputs, targets, acceleration, linear_weight)
+                else:
+                    loss, held[iteration] = _split_loss(
+                        networks, inputs, targets, acceleration, linear_weight, holdout
+                    )
+            if holdout is not None and iteration % REPORT_EVERY == 0:
+                # held[iteration] belongs to the weights before this step: keep them if best.
+                value = float(held[iteration])
+                if value < best * (1 - 1e-3):
+                    best, stale = value, 0
+                    best_state = {k: v.detach().clone() for k, v in networks.state_dict().items()}
+                else:
+                    stale += 1
+                    if stale >= early_stop_patience:
+                        break
             loss.backward()
             optimizer.step()
             losses[iteration] = loss.detach()
@@ -242,6 +308,8 @@ def fit_networks(
                 if progress is not None:
                     report = {"slice": slice_index, "iteration": done, "iterations": iterations}
                     progress({**report, "loss": curve[-1]})
+    if best_state is not None:
+        networks.load_state_dict(best_state)
     return curve
 
 
@@ -254,13 +322,19 @@ def train_slice(
     *,
     progress: ProgressCallback | None = None,
     slice_index: int = 0,
+    initial_state: dict[str, torch.Tensor] | None = None,
 ) -> tuple[RakiNetworks | ResidualRakiNetworks, float, list[float]]:
-    """Networks fitted to one slice's ACS [coil, kx, L]; also the ACS scale and the loss curve."""
+    """Networks fitted to one slice's ACS [coil, kx, L]; also the ACS scale and the loss curve.
+
+    `initial_state` (a neighbouring slice's trained weights) replaces the random start.
+    """
     scale = acs_scale(acs)
     channels = torch.from_numpy(to_channels(acs / scale)).to(device)
     inputs, targets = training_pair(channels, acceleration)
     generator = torch.Generator().manual_seed(config.seed)
     networks = build_networks(method, acs.shape[0], acceleration, config.hidden, generator)
+    if initial_state is not None:
+        networks.load_state_dict(initial_state)
     networks = networks.to(device)
     if isinstance(networks, ResidualRakiNetworks):
         with torch.no_grad():
@@ -278,6 +352,7 @@ def train_slice(
         progress=progress,
         slice_index=slice_index,
         precision=config.precision,
+        early_stop_patience=config.early_stop_patience,
     )
     return networks, scale, curve
 
@@ -304,6 +379,10 @@ def train_scan(
         raise InvalidScanError(
             f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}"
         )
+    if config.warm_start and config.coil_energy is not None:
+        raise InvalidScanError(
+            "warm_start needs the physical coils: each slice's compressed coil basis differs"
+        )
     if iterations is not None:
         if iterations < 1:
             raise InvalidScanError(f"iterations must be >= 1, got {iterations}")
@@ -327,6 +406,7 @@ def train_scan(
             torch_device,
             progress=progress,
             slice_index=slice_index,
+            initial_state=state_dicts[-1] if config.warm_start and state_dicts else None,
         )
         state_dicts.append({k: v.detach().cpu() for k, v in networks.state_dict().items()})
         scales.append(scale)

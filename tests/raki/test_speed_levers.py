@@ -88,3 +88,42 @@ def test_faithful_is_the_paper_and_precision_is_checked():
     scan = simulate_scan((32, 30), num_coils=4, seed=2).undersampled(3, 12)
     with pytest.raises(InvalidScanError, match="precision"):
         train_scan(scan, "raki", device="cpu", config=TrainingConfig(precision="fp16"))
+
+
+def test_early_stopping_stops_and_keeps_the_best_weights():
+    import torch
+
+    from raki.model import build_networks
+    from raki.train import fit_networks, holdout_positions, training_pair
+
+    generator = torch.Generator().manual_seed(0)
+    channels = torch.randn(8, 24, 16, generator=generator)
+    inputs, targets = training_pair(channels, 3)
+    networks = build_networks("raki", 4, 3, generator=torch.Generator().manual_seed(1))
+    # Random targets: the held-out error cannot keep falling, so training must stop early.
+    curve = fit_networks(
+        networks, inputs, targets, 3, iterations=2000, learning_rate=1e-2, early_stop_patience=3
+    )
+    assert 0 < len(curve) < 2000 and len(curve) % 10 == 0
+    holdout = holdout_positions(targets.shape[-1], 0.15, inputs.device)
+    assert 0 < int(holdout.sum()) < targets.shape[-1]
+    with torch.no_grad():
+        final = (networks(inputs, 3) - targets)[..., holdout].norm()
+        start = build_networks("raki", 4, 3, generator=torch.Generator().manual_seed(1))
+        initial = (start(inputs, 3) - targets)[..., holdout].norm()
+    assert final <= initial
+
+
+def test_warm_start_begins_from_the_neighbouring_slice():
+    from raki.phantom import simulate_scan
+    from raki.train import TrainingConfig, train_scan
+
+    scan = simulate_scan((32, 30), num_coils=4, num_slices=2, seed=4).undersampled(3, 12)
+    cold = train_scan(scan, "raki", device="cpu", config=TrainingConfig(iterations=60))
+    warm = train_scan(
+        scan, "raki", device="cpu", config=TrainingConfig(iterations=60, warm_start=True)
+    )
+    assert warm.hyperparameters["warm_start"] is True
+    # Slice 0 is the same; slice 1 starts where slice 0 ended, far below a random start.
+    assert warm.loss_curves[0] == cold.loss_curves[0]
+    assert warm.loss_curves[1][0] < 0.5 * cold.loss_curves[1][0]
