@@ -23,6 +23,7 @@ import numpy as np
 
 from raki.errors import InvalidScanError
 from raki.sampling import AcsBlock, find_acs, infer_acceleration
+from raki.scan import Geometry, Identifiers, Scan
 
 # A grid may hold at most this many (slice, ky) lines per acquired line (R=32 and beyond are
 # not parallel imaging any more), and never more than this many bytes.
@@ -138,3 +139,27 @@ def assemble(readouts: Readouts, num_lines: int, header_acceleration: int | None
     elif has_flags:
         acceleration = infer_acceleration(sampled, acs)
     return LineGrid(kspace, sampled, acs, acceleration, has_flags)
+
+
+def scan_from_grid(
+    grid: LineGrid, geometry: Geometry, protocol: str, identifiers: Identifiers
+) -> Scan:
+    """The Scan of assembled lines: flagged calibration lines are the ACS; else it is inferred."""
+    if grid.has_calibration_flags:
+        return Scan(
+            kspace=grid.kspace,
+            sampled=grid.sampled,
+            acs=grid.acs,
+            acceleration=grid.acceleration or 1,
+            geometry=geometry,
+            protocol=protocol,
+            identifiers=identifiers,
+        )
+    return Scan.from_kspace(
+        grid.kspace,
+        grid.sampled,
+        acceleration=grid.acceleration,
+        geometry=geometry,
+        protocol=protocol,
+        identifiers=identifiers,
+    )

@@ -29,7 +29,7 @@ from raki.errors import FileFormatError, InvalidScanError
 from raki.io.atomic import atomic_output
 from raki.io.hdf5 import open_hdf5
 from raki.io.header import HeaderInfo, build_ismrmrd_header, parse_ismrmrd_header
-from raki.io.lines import Readouts, assemble, place_readout, readout_width
+from raki.io.lines import Readouts, assemble, place_readout, readout_width, scan_from_grid
 from raki.scan import Geometry, Scan
 
 _SKIPPED = (
@@ -253,24 +253,7 @@ def _scan(path: Path, info: HeaderInfo, heads: np.ndarray, payloads: np.ndarray)
     grid = assemble(readouts, num_ky, header_r)
     first_of_slice = [rows[np.flatnonzero(slices == s)[0]] for s in range(slice_numbers.size)]
     geometry = _geometry(info, heads, first_of_slice)
-    if grid.has_calibration_flags:
-        return Scan(
-            kspace=grid.kspace,
-            sampled=grid.sampled,
-            acs=grid.acs,
-            acceleration=grid.acceleration or 1,
-            geometry=geometry,
-            protocol=info.protocol,
-            identifiers=info.identifiers,
-        )
-    return Scan.from_kspace(
-        grid.kspace,
-        grid.sampled,
-        acceleration=grid.acceleration,
-        geometry=geometry,
-        protocol=info.protocol,
-        identifiers=info.identifiers,
-    )
+    return scan_from_grid(grid, geometry, info.protocol, info.identifiers)
 
 
 def _ky_layout(info: HeaderInfo, encode_step: np.ndarray) -> tuple[int, int]:

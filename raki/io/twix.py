@@ -32,7 +32,7 @@ import numpy as np
 import twixtools
 
 from raki.errors import FileFormatError, InvalidScanError
-from raki.io.lines import Readouts, assemble, place_readout, readout_width
+from raki.io.lines import Readouts, assemble, place_readout, readout_width, scan_from_grid
 from raki.scan import Geometry, Identifiers, Scan
 
 _SKIPPED = (
@@ -245,24 +245,7 @@ def _scan(path: Path, measurement: dict) -> Scan:
     geometry = _geometry(header, first_of_slice, width, num_ky)
     protocol = _protocol(header)
     identifiers = _identifiers(header)
-    if grid.has_calibration_flags:
-        return Scan(
-            kspace=grid.kspace,
-            sampled=grid.sampled,
-            acs=grid.acs,
-            acceleration=grid.acceleration or 1,
-            geometry=geometry,
-            protocol=protocol,
-            identifiers=identifiers,
-        )
-    return Scan.from_kspace(
-        grid.kspace,
-        grid.sampled,
-        acceleration=grid.acceleration,
-        geometry=geometry,
-        protocol=protocol,
-        identifiers=identifiers,
-    )
+    return scan_from_grid(grid, geometry, protocol, identifiers)
 
 
 def _num_lines(header: dict, offsets: np.ndarray) -> int:
