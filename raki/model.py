@@ -59,7 +59,9 @@ class RakiNetworks(nn.Module):
     """`num_networks` RAKI CNNs side by side, each reading all `in_channels` inputs.
 
     `RakiNetworks(2 * coils, 2 * coils, R - 1)` is the paper's full set for one slice;
-    `RakiNetworks(2 * coils, 1, R - 1)` is one of them on its own.
+    `RakiNetworks(2 * coils, 1, R - 1)` is one of them on its own. With `input_groups` = S the
+    inputs and networks are S slices' side by side (`merge_slices`): each slice's networks read
+    only that slice's channels.
     """
 
     def __init__(
@@ -69,12 +71,16 @@ class RakiNetworks(nn.Module):
         outputs_per_network: int,
         hidden: tuple[int, int] = HIDDEN_CHANNELS,
         generator: torch.Generator | None = None,
+        input_groups: int = 1,
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.num_networks = num_networks
         self.outputs_per_network = outputs_per_network
-        self.layer1 = nn.Conv2d(in_channels, num_networks * hidden[0], FIRST_KERNEL, bias=False)
+        self.input_groups = input_groups
+        self.layer1 = nn.Conv2d(
+            in_channels, num_networks * hidden[0], FIRST_KERNEL, groups=input_groups, bias=False
+        )
         self.layer2 = nn.Conv2d(
             num_networks * hidden[0],
             num_networks * hidden[1],
@@ -98,7 +104,11 @@ class RakiNetworks(nn.Module):
         `ky_dilation` is R on the full grid (training on the ACS) and 1 on the acquired lattice.
         """
         dilation = (1, ky_dilation)
-        hidden = functional.relu(functional.conv2d(lattice, self.layer1.weight, dilation=dilation))
+        hidden = functional.relu(
+            functional.conv2d(
+                lattice, self.layer1.weight, dilation=dilation, groups=self.input_groups
+            )
+        )
         hidden = functional.relu(self.layer2(hidden))
         return functional.conv2d(
             hidden, self.layer3.weight, dilation=dilation, groups=self.num_networks
@@ -121,22 +131,29 @@ class ResidualRakiNetworks(nn.Module):
         outputs_per_network: int,
         hidden: tuple[int, int] = HIDDEN_CHANNELS,
         generator: torch.Generator | None = None,
+        input_groups: int = 1,
     ) -> None:
         super().__init__()
+        self.input_groups = input_groups
         self.linear = nn.Conv2d(
             in_channels,
             num_networks * outputs_per_network,
             (RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES),
+            groups=input_groups,
             bias=False,
         )
         nn.init.zeros_(self.linear.weight)
-        self.cnn = RakiNetworks(in_channels, num_networks, outputs_per_network, hidden, generator)
+        self.cnn = RakiNetworks(
+            in_channels, num_networks, outputs_per_network, hidden, generator, input_groups
+        )
 
     def forward_parts(
         self, lattice: torch.Tensor, ky_dilation: int = 1
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(linear estimate, linear + CNN estimate), both shaped as `RakiNetworks.forward`."""
-        linear = functional.conv2d(lattice, self.linear.weight, dilation=(1, ky_dilation))
+        linear = functional.conv2d(
+            lattice, self.linear.weight, dilation=(1, ky_dilation), groups=self.input_groups
+        )
         return linear, linear + self.cnn(lattice, ky_dilation)
 
     def forward(self, lattice: torch.Tensor, ky_dilation: int = 1) -> torch.Tensor:
@@ -157,6 +174,49 @@ def build_networks(
     if method == "rraki":
         return ResidualRakiNetworks(channels, channels, acceleration - 1, hidden, generator)
     raise ValueError(f"no networks for method {method!r}")
+
+
+def merge_slices(
+    networks: list[RakiNetworks] | list[ResidualRakiNetworks],
+) -> RakiNetworks | ResidualRakiNetworks:
+    """One module holding several slices' networks side by side, to train them in one pass.
+
+    Every weight is the slices' weights stacked along the output channels; the first layer (and
+    rRAKI's linear kernel) becomes grouped by slice, so slice s reads only its own inputs
+    (channels [s 2Nc, (s + 1) 2Nc)). Adam is elementwise and the loss a sum over networks, so
+    training the merged module is training each slice alone: on a GPU, one launch instead of S.
+    """
+    first = networks[0]
+    cnn = first.cnn if isinstance(first, ResidualRakiNetworks) else first
+    count = len(networks)
+    hidden = (
+        cnn.layer1.out_channels // cnn.num_networks,
+        cnn.layer2.out_channels // cnn.num_networks,
+    )
+    kind = type(first)
+    merged = kind(
+        count * cnn.in_channels,
+        count * cnn.num_networks,
+        cnn.outputs_per_network,
+        hidden,
+        input_groups=count,
+    )
+    with torch.no_grad():
+        for name, weight in merged.state_dict().items():
+            weight.copy_(torch.cat([part.state_dict()[name] for part in networks]))
+    return merged
+
+
+def split_slices(merged: RakiNetworks | ResidualRakiNetworks) -> list[dict[str, torch.Tensor]]:
+    """The per-slice state dicts of a `merge_slices` module (inverse of the merge)."""
+    count = merged.input_groups
+    return [
+        {
+            name: weight.detach().chunk(count)[index].clone()
+            for name, weight in merged.state_dict().items()
+        }
+        for index in range(count)
+    ]
 
 
 def to_channels(kspace: np.ndarray) -> np.ndarray:

@@ -55,6 +55,7 @@ from raki.model import (
     from_channels,
     to_channels,
 )
+from raki.oversampling import crop_readout, restore_readout
 from raki.scan import Scan
 from raki.train import NEURAL_METHODS, TrainingConfig, check_trainable, train_scan
 from raki.weights import RakiWeights
@@ -139,6 +140,9 @@ def apply_weights(scan: Scan, weights: RakiWeights, device: str = "auto") -> np.
     """k-space [slice, coil, kx, ky] with skipped lines predicted by `weights`, acquired kept."""
     check_trainable(scan)
     weights.check_compatible(scan, weights.method)
+    full_scan = scan
+    oversampling = float(weights.hyperparameters.get("readout_oversampling") or 1.0)
+    scan = crop_readout(scan, oversampling)
     torch_device = resolve_device(device)
     offset = lattice_offset(scan)
     filled = np.empty_like(scan.kspace)
@@ -163,6 +167,8 @@ def apply_weights(scan: Scan, weights: RakiWeights, device: str = "auto") -> np.
         share = np.float32(weights.hyperparameters.get("grappa_share", 0.5))
         linear = reconstruct_grappa(scan, kernel=weights.grappa)
         filled = (linear + (1 - share) * (filled - linear)).astype(np.complex64)
+    if scan is not full_scan:
+        filled = restore_readout(full_scan, filled)
     return filled
 
 

@@ -39,6 +39,8 @@ class Geometry:
     read_dir: Vector3 | None = None
     phase_dir: Vector3 | None = None
     slice_dir: Vector3 | None = None
+    # Encoded over recon readout points (2.0 for fastMRI's 640 -> 320), when the header says.
+    readout_oversampling: float | None = None
 
     def resolution_mm(self, matrix: tuple[int, int]) -> tuple[float, float] | None:
         """In-plane pixel size (readout, phase) for a matrix, when the FOV is known."""

@@ -43,18 +43,28 @@ from raki.model import (
     RakiNetworks,
     ResidualRakiNetworks,
     build_networks,
+    merge_slices,
+    split_slices,
     to_channels,
 )
+from raki.oversampling import crop_readout, resolve_oversampling
 from raki.runtime import tune_process
 from raki.scan import Scan
 from raki.weights import RakiWeights, kspace_sha256
 
 NEURAL_METHODS = ("raki", "rraki")
 PRECISIONS = ("fp32", "bf16")
+LR_SCHEDULES = ("constant", "cosine")
+MAX_GPU_SLICE_BATCH = 16
+# Readout rows per ACS patch when training on minibatches (`batch_fraction` < 1).
+PATCH_ROWS = 16
 DEFAULT_ITERATIONS = 1000
 REPORT_EVERY = 10
 
 ProgressCallback = Callable[[dict[str, float]], None]
+# Called every REPORT_EVERY iterations with the iterations done and the networks (benchmarks
+# use it to score the image along the way); its own time is the caller's business.
+Observer = Callable[[int, torch.nn.Module], None]
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,18 @@ class TrainingConfig:
     # Start each slice from the previous slice's trained weights (neighbouring slices see
     # similar coil maps); pays only with early stopping, which then stops sooner.
     warm_start: bool = False
+    # "cosine" anneals the learning rate to zero over `iterations` (Loshchilov and Hutter,
+    # 2017): with fewer iterations and a higher rate it can reach the same image sooner.
+    lr_schedule: str = "constant"
+    # Fraction of the ACS readout patches (PATCH_ROWS rows each) drawn at random for each
+    # iteration; 1.0 uses the whole ACS every iteration, as the paper does.
+    batch_fraction: float = 1.0
+    # Readout oversampling removed before training and applying (raki.oversampling): None
+    # takes the factor the file's header declares (fastMRI: 2), 1.0 keeps the full readout.
+    readout_oversampling: float | None = None
+    # Slices whose networks train together in one merged module (raki.model.merge_slices);
+    # None: 1 on the CPU, up to MAX_GPU_SLICE_BATCH on a GPU. The same weights either way.
+    slices_per_batch: int | None = None
     seed: int = 0
 
     @classmethod
@@ -96,6 +118,7 @@ class TrainingConfig:
             grappa_share=0.0,
             coil_energy=None,
             early_stop_patience=None,
+            readout_oversampling=1.0,
         )
 
     def as_dict(self) -> dict[str, object]:
@@ -182,8 +205,31 @@ def fit_linear_kernel(
 
 
 def network_error_norms(error: torch.Tensor, num_networks: int) -> torch.Tensor:
-    """Sum over networks of the L2 norm of each network's error (all its outputs, positions)."""
-    return torch.linalg.vector_norm(error.reshape(num_networks, -1), dim=1).sum()
+    """Sum over networks of the L2 norm of each network's error (all its outputs, positions).
+
+    `error` is [batch, networks x outputs, kx, ky]; a batch (ACS patches) counts as positions.
+    """
+    per_network = error.transpose(0, 1).reshape(num_networks, -1)
+    return torch.linalg.vector_norm(per_network, dim=1).sum()
+
+
+def readout_patches(
+    inputs: torch.Tensor, targets: torch.Tensor, rows: int = PATCH_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ACS pair cut along the readout into patches of `rows` target rows: batches of both.
+
+    Patch p covers target rows [p rows, (p + 1) rows) and the input rows its receptive field
+    needs (6 more); the last patch is moved back to end at the last row, so every row is
+    covered and none is padded.
+    """
+    total = targets.shape[-2]
+    rows = min(rows, total)
+    starts = list(range(0, total - rows + 1, rows))
+    if starts[-1] + rows < total:
+        starts.append(total - rows)
+    patch_inputs = torch.cat([inputs[..., s : s + rows + 2 * KX_MARGIN, :] for s in starts])
+    patch_targets = torch.cat([targets[..., s : s + rows, :] for s in starts])
+    return patch_inputs, patch_targets
 
 
 def _loss(
@@ -259,6 +305,10 @@ def fit_networks(
     precision: str = "fp32",
     early_stop_patience: int | None = None,
     holdout_fraction: float = 0.15,
+    lr_schedule: str = "constant",
+    batch_fraction: float = 1.0,
+    seed: int = 0,
+    observer: Observer | None = None,
 ) -> list[float]:
     """Adam on the ACS pair; returns the loss of every iteration.
 
@@ -268,8 +318,26 @@ def fit_networks(
     same forward pass, is read at each report, and training stops once it has not improved by
     0.1% for that many reports; the networks are then set to the best weights seen. (Reading
     it is a host sync every REPORT_EVERY iterations, the price of deciding to stop.)
+    With `batch_fraction` < 1 each iteration sees that share of the readout patches
+    (`readout_patches`), drawn from a generator seeded with `seed`; the loss is scaled by
+    sqrt(1 / share) so that its curve stays comparable with full-batch training.
     """
     optimizer = torch.optim.Adam(networks.parameters(), lr=learning_rate)
+    scheduler = None
+    if lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations)
+    elif lr_schedule != "constant":
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}")
+    draw, loss_scale = None, 1.0
+    if batch_fraction < 1.0:
+        inputs, targets = readout_patches(inputs, targets)
+        count = max(1, round(batch_fraction * inputs.shape[0]))
+        loss_scale = (inputs.shape[0] / count) ** 0.5
+        sampler = torch.Generator().manual_seed(seed)
+
+        def draw() -> torch.Tensor:
+            return torch.randperm(inputs.shape[0], generator=sampler)[:count].to(inputs.device)
+
     losses = torch.empty(iterations, device=inputs.device)
     held = torch.empty(iterations, device=inputs.device)
     holdout = None
@@ -280,14 +348,18 @@ def fit_networks(
     with denormals_flushed():
         for iteration in range(iterations):
             optimizer.zero_grad(set_to_none=True)
+            batch_inputs, batch_targets = inputs, targets
+            if draw is not None:
+                chosen = draw()
+                batch_inputs, batch_targets = inputs[chosen], targets[chosen]
             with torch.autocast(
                 inputs.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
             ):
                 if holdout is None:
-                    loss = _loss(networks, inputs, targets, acceleration, linear_weight)
+                    loss = _loss(networks, batch_inputs, batch_targets, acceleration, linear_weight)
                 else:
                     loss, held[iteration] = _split_loss(
-                        networks, inputs, targets, acceleration, linear_weight, holdout
+                        networks, batch_inputs, batch_targets, acceleration, linear_weight, holdout
                     )
             if holdout is not None and iteration % REPORT_EVERY == 0:
                 # held[iteration] belongs to the weights before this step: keep them if best.
@@ -301,16 +373,72 @@ def fit_networks(
                         break
             loss.backward()
             optimizer.step()
-            losses[iteration] = loss.detach()
+            if scheduler is not None:
+                scheduler.step()
+            losses[iteration] = loss.detach() * loss_scale
             done = iteration + 1
             if done % REPORT_EVERY == 0 or done == iterations:
                 curve.extend(losses[len(curve) : done].tolist())
                 if progress is not None:
                     report = {"slice": slice_index, "iteration": done, "iterations": iterations}
                     progress({**report, "loss": curve[-1]})
+                if observer is not None:
+                    observer(done, networks)
     if best_state is not None:
         networks.load_state_dict(best_state)
     return curve
+
+
+def _start_networks(
+    acs: np.ndarray,
+    acceleration: int,
+    method: str,
+    config: TrainingConfig,
+    initial_state: dict[str, torch.Tensor] | None = None,
+) -> tuple[RakiNetworks | ResidualRakiNetworks, float, torch.Tensor, torch.Tensor]:
+    """One slice's starting networks (on the CPU), ACS scale and training pair."""
+    scale = acs_scale(acs)
+    channels = torch.from_numpy(to_channels(acs / scale))
+    inputs, targets = training_pair(channels, acceleration)
+    generator = torch.Generator().manual_seed(config.seed)
+    networks = build_networks(method, acs.shape[0], acceleration, config.hidden, generator)
+    if initial_state is not None:
+        networks.load_state_dict(initial_state)
+    if isinstance(networks, ResidualRakiNetworks):
+        with torch.no_grad():
+            networks.linear.weight.copy_(
+                fit_linear_kernel(inputs, targets, acceleration, config.linear_regularization)
+            )
+    return networks, scale, inputs, targets
+
+
+def _fit(
+    networks: RakiNetworks | ResidualRakiNetworks,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    acceleration: int,
+    config: TrainingConfig,
+    progress: ProgressCallback | None,
+    slice_index: int,
+    observer: Observer | None,
+) -> list[float]:
+    return fit_networks(
+        networks,
+        inputs,
+        targets,
+        acceleration,
+        iterations=config.iterations,
+        learning_rate=config.learning_rate,
+        linear_weight=config.linear_weight,
+        progress=progress,
+        slice_index=slice_index,
+        precision=config.precision,
+        early_stop_patience=config.early_stop_patience,
+        lr_schedule=config.lr_schedule,
+        batch_fraction=config.batch_fraction,
+        seed=config.seed,
+        observer=observer,
+    )
 
 
 def train_slice(
@@ -323,38 +451,56 @@ def train_slice(
     progress: ProgressCallback | None = None,
     slice_index: int = 0,
     initial_state: dict[str, torch.Tensor] | None = None,
+    observer: Observer | None = None,
 ) -> tuple[RakiNetworks | ResidualRakiNetworks, float, list[float]]:
     """Networks fitted to one slice's ACS [coil, kx, L]; also the ACS scale and the loss curve.
 
     `initial_state` (a neighbouring slice's trained weights) replaces the random start.
     """
-    scale = acs_scale(acs)
-    channels = torch.from_numpy(to_channels(acs / scale)).to(device)
-    inputs, targets = training_pair(channels, acceleration)
-    generator = torch.Generator().manual_seed(config.seed)
-    networks = build_networks(method, acs.shape[0], acceleration, config.hidden, generator)
-    if initial_state is not None:
-        networks.load_state_dict(initial_state)
-    networks = networks.to(device)
-    if isinstance(networks, ResidualRakiNetworks):
-        with torch.no_grad():
-            networks.linear.weight.copy_(
-                fit_linear_kernel(inputs, targets, acceleration, config.linear_regularization)
-            )
-    curve = fit_networks(
-        networks,
-        inputs,
-        targets,
-        acceleration,
-        iterations=config.iterations,
-        learning_rate=config.learning_rate,
-        linear_weight=config.linear_weight,
-        progress=progress,
-        slice_index=slice_index,
-        precision=config.precision,
-        early_stop_patience=config.early_stop_patience,
+    networks, scale, inputs, targets = _start_networks(
+        acs, acceleration, method, config, initial_state
     )
+    networks = networks.to(device)
+    inputs, targets = inputs.to(device), targets.to(device)
+    curve = _fit(networks, inputs, targets, acceleration, config, progress, slice_index, observer)
     return networks, scale, curve
+
+
+def train_slices_together(
+    acs: np.ndarray,
+    acceleration: int,
+    method: str,
+    config: TrainingConfig,
+    device: torch.device,
+    *,
+    progress: ProgressCallback | None = None,
+    first_slice: int = 0,
+) -> tuple[list[dict[str, torch.Tensor]], list[float], list[float]]:
+    """Several slices' networks [slice, coil, kx, L] trained in one merged module.
+
+    The same weights as `train_slice` on each slice (`raki.model.merge_slices`), in one pass per
+    iteration: what fills a GPU. Returns per-slice state dicts (on the CPU), scales, and the
+    loss curve of the merged module divided by the slice count (the slices' mean loss).
+    """
+    started = [_start_networks(one, acceleration, method, config) for one in acs]
+    merged = merge_slices([networks for networks, *_ in started]).to(device)
+    inputs = torch.cat([pair_inputs for *_, pair_inputs, _ in started], dim=1).to(device)
+    targets = torch.cat([pair_targets for *_, pair_targets in started], dim=1).to(device)
+    curve = _fit(merged, inputs, targets, acceleration, config, progress, first_slice, None)
+    states = [{k: v.cpu() for k, v in state.items()} for state in split_slices(merged)]
+    return states, [scale for _, scale, *_ in started], [loss / len(acs) for loss in curve]
+
+
+def slices_per_batch(config: TrainingConfig, device: torch.device, num_slices: int) -> int:
+    """How many slices train together: the configured count, else all (<= 16) on a GPU only.
+
+    On the CPU one slice already keeps the matrix units busy; merging gains nothing there.
+    """
+    if config.slices_per_batch is not None:
+        return max(1, min(config.slices_per_batch, num_slices))
+    if config.warm_start or config.early_stop_patience is not None:
+        return 1
+    return min(num_slices, MAX_GPU_SLICE_BATCH) if device.type == "cuda" else 1
 
 
 def train_scan(
@@ -379,6 +525,14 @@ def train_scan(
         raise InvalidScanError(
             f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}"
         )
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise InvalidScanError(
+            f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}"
+        )
+    if not 0.0 < config.batch_fraction <= 1.0:
+        raise InvalidScanError(f"batch_fraction must lie in (0, 1], got {config.batch_fraction}")
+    if config.slices_per_batch is not None and config.slices_per_batch < 1:
+        raise InvalidScanError(f"slices_per_batch must be >= 1, got {config.slices_per_batch}")
     if config.warm_start and config.coil_energy is not None:
         raise InvalidScanError(
             "warm_start needs the physical coils: each slice's compressed coil basis differs"
@@ -391,38 +545,65 @@ def train_scan(
     if torch_device.type == "cpu":
         tune_process()
     start = time.perf_counter()
+    full_scan = scan
+    oversampling = resolve_oversampling(scan, config.readout_oversampling)
+    scan = crop_readout(scan, oversampling)
     state_dicts, scales, curves = [], [], []
     acs = scan.acs_kspace()
     compression = None
     if config.coil_energy is not None:
         compression = fit_compression(acs, config.coil_energy)
         acs = compression.compress(acs)
-    for slice_index in range(scan.num_slices):
+    batch = slices_per_batch(config, torch_device, scan.num_slices)
+    if batch > 1 and (config.warm_start or config.early_stop_patience is not None):
+        raise InvalidScanError(
+            "slices trained together cannot warm-start from each other or stop early: "
+            "set slices_per_batch to 1 for warm_start or early stopping"
+        )
+    for first in range(0, scan.num_slices, batch):
+        if batch > 1:
+            states, chunk_scales, curve = train_slices_together(
+                acs[first : first + batch],
+                scan.acceleration,
+                method,
+                config,
+                torch_device,
+                progress=progress,
+                first_slice=first,
+            )
+            state_dicts.extend(states)
+            scales.extend(chunk_scales)
+            curves.extend([curve] * len(states))
+            continue
         networks, scale, curve = train_slice(
-            acs[slice_index],
+            acs[first],
             scan.acceleration,
             method,
             config,
             torch_device,
             progress=progress,
-            slice_index=slice_index,
+            slice_index=first,
             initial_state=state_dicts[-1] if config.warm_start and state_dicts else None,
         )
         state_dicts.append({k: v.detach().cpu() for k, v in networks.state_dict().items()})
         scales.append(scale)
         curves.append(curve)
     grappa_kernel = fit_grappa(scan) if method == "rraki" and config.grappa_share > 0 else None
+    hyperparameters = {**config.as_dict(), "device": str(torch_device)}
+    hyperparameters["readout_oversampling"] = oversampling
+    hyperparameters["trained_readout"] = scan.matrix[0]
+    hyperparameters["slices_per_batch"] = batch
     return RakiWeights(
         method=method,
         acceleration=scan.acceleration,
         num_coils=scan.num_coils,
-        matrix=scan.matrix,
+        matrix=full_scan.matrix,
         acs_lines=scan.acs.lines if scan.acs is not None else 0,
         state_dicts=state_dicts,
         scales=scales,
-        hyperparameters={**config.as_dict(), "device": str(torch_device)},
+        hyperparameters=hyperparameters,
         loss_curves=curves,
-        input_sha256=kspace_sha256(scan.kspace),
+        input_sha256=kspace_sha256(full_scan.kspace),
         train_seconds=time.perf_counter() - start,
         grappa=grappa_kernel,
         coil_bases=None if compression is None else compression.bases,

@@ -59,6 +59,7 @@ def read_fastmri(path: str | Path) -> Scan:
         geometry = Geometry(
             fov_mm=info.fov_mm,
             slice_thickness_mm=info.slice_thickness_mm,
+            readout_oversampling=info.readout_oversampling,
             slice_positions_mm=_positions(path, attrs, kspace.shape[0]),
             **{name: _direction(path, attrs, name) for name in _DIRECTIONS},
         )

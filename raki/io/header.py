@@ -46,6 +46,7 @@ class HeaderInfo:
     """What an ISMRMRD header says about the first encoding and the people involved."""
 
     matrix: tuple[int, int, int] | None = None
+    recon_matrix: tuple[int, int, int] | None = None
     fov_mm: tuple[float, float, float] | None = None
     slice_thickness_mm: float | None = None
     ky_limits: tuple[int, int, int] | None = None  # (minimum, maximum, center)
@@ -53,6 +54,14 @@ class HeaderInfo:
     trajectory: str | None = None
     protocol: str = ""
     identifiers: Identifiers = field(default_factory=Identifiers)
+
+    @property
+    def readout_oversampling(self) -> float | None:
+        """Encoded over recon readout points when the encoded readout is the longer one."""
+        if self.matrix is None or self.recon_matrix is None or self.recon_matrix[0] <= 0:
+            return None
+        ratio = self.matrix[0] / self.recon_matrix[0]
+        return ratio if ratio > 1.0 else None
 
 
 def parse_ismrmrd_header(document: str | bytes) -> HeaderInfo:
@@ -69,11 +78,12 @@ def parse_ismrmrd_header(document: str | bytes) -> HeaderInfo:
         raise ValueError(f"has the root <{root.tag}>, not <ismrmrdHeader>")
 
     encoding = root.find("encoding")
-    matrix = fov = ky_limits = None
+    matrix = recon_matrix = fov = ky_limits = None
     acceleration = trajectory = None
     if encoding is not None:
         matrix = _ints(encoding.find("encodedSpace/matrixSize"), ("x", "y", "z"))
         fov = _floats(encoding.find("encodedSpace/fieldOfView_mm"), ("x", "y", "z"))
+        recon_matrix = _ints(encoding.find("reconSpace/matrixSize"), ("x", "y", "z"))
         ky_limits = _ints(
             encoding.find("encodingLimits/kspace_encoding_step_1"),
             ("minimum", "maximum", "center"),
@@ -93,6 +103,7 @@ def parse_ismrmrd_header(document: str | bytes) -> HeaderInfo:
 
     return HeaderInfo(
         matrix=matrix,
+        recon_matrix=recon_matrix,
         fov_mm=fov,
         slice_thickness_mm=thickness,
         ky_limits=ky_limits,
@@ -100,6 +111,22 @@ def parse_ismrmrd_header(document: str | bytes) -> HeaderInfo:
         trajectory=trajectory,
         protocol=_text(root.find("measurementInformation/protocolName")) or "",
         identifiers=_identifiers(root, user_strings),
+    )
+
+
+def _recon_space(space: xsd.encodingSpaceType, oversampling: float | None):
+    """The encoded space less the readout oversampling (the same space when there is none)."""
+    if not oversampling or oversampling <= 1.0:
+        return dataclasses.replace(space)
+    return xsd.encodingSpaceType(
+        matrixSize=xsd.matrixSizeType(
+            x=round(space.matrixSize.x / oversampling), y=space.matrixSize.y, z=1
+        ),
+        fieldOfView_mm=xsd.fieldOfViewMm(
+            x=space.fieldOfView_mm.x / oversampling,
+            y=space.fieldOfView_mm.y,
+            z=space.fieldOfView_mm.z,
+        ),
     )
 
 
@@ -138,7 +165,7 @@ def build_ismrmrd_header(scan: Scan) -> str:
         )
     encoding = xsd.encodingType(
         encodedSpace=space,
-        reconSpace=dataclasses.replace(space),
+        reconSpace=_recon_space(space, geometry.readout_oversampling),
         encodingLimits=limits,
         trajectory=xsd.trajectoryType.CARTESIAN,
         parallelImaging=parallel,

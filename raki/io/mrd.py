@@ -281,6 +281,7 @@ def _geometry(info: HeaderInfo, heads: np.ndarray, first_of_slice: list[int]) ->
     return Geometry(
         fov_mm=info.fov_mm,
         slice_thickness_mm=info.slice_thickness_mm,
+        readout_oversampling=info.readout_oversampling,
         slice_positions_mm=None if unknown else positions,  # type: ignore[arg-type]
         **directions,  # type: ignore[arg-type]
     )

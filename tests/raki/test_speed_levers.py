@@ -127,3 +127,120 @@ def test_warm_start_begins_from_the_neighbouring_slice():
     # Slice 0 is the same; slice 1 starts where slice 0 ended, far below a random start.
     assert warm.loss_curves[0] == cold.loss_curves[0]
     assert warm.loss_curves[1][0] < 0.5 * cold.loss_curves[1][0]
+
+
+def test_readout_patches_cover_every_target_row_with_its_inputs():
+    import torch
+
+    from raki.model import build_networks
+    from raki.train import network_error_norms, readout_patches, training_pair
+
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = training_pair(torch.randn(8, 45, 16, generator=generator), 3)
+    patch_inputs, patch_targets = readout_patches(inputs, targets, rows=10)
+    # 39 target rows: patches start at 0, 10, 20 and 29 (the last moved back to fit).
+    assert patch_targets.shape[0] == 4 and patch_targets.shape[-2] == 10
+    assert patch_inputs.shape[-2] == 16
+    networks = build_networks("raki", 4, 3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = networks(inputs, 3)
+        patched = networks(patch_inputs, 3)
+        for index, start in enumerate((0, 10, 20, 29)):
+            torch.testing.assert_close(patched[index], whole[0, :, start : start + 10])
+        # Batched norms are per network over all patches, as for one long patch.
+        error = patched - patch_targets
+        joined = torch.cat(list(error), dim=-2)[None]
+        torch.testing.assert_close(network_error_norms(error, 8), network_error_norms(joined, 8))
+    assert whole.shape[-2] == 39
+
+
+def test_minibatches_and_cosine_schedule_train_and_are_recorded():
+    import pytest
+
+    from raki.errors import InvalidScanError
+    from raki.phantom import simulate_scan
+    from raki.train import TrainingConfig, train_scan
+
+    scan = simulate_scan((64, 30), num_coils=4, seed=2).undersampled(3, 12)
+    config = TrainingConfig(iterations=60, lr_schedule="cosine", batch_fraction=0.5)
+    weights = train_scan(scan, "raki", device="cpu", config=config)
+    curve = weights.loss_curves[0]
+    assert len(curve) == 60 and curve[-1] < 0.5 * curve[0]
+    assert weights.hyperparameters["batch_fraction"] == 0.5
+    assert weights.hyperparameters["lr_schedule"] == "cosine"
+    again = train_scan(scan, "raki", device="cpu", config=config)
+    assert again.loss_curves == weights.loss_curves  # the patch draws are seeded
+    for bad in (TrainingConfig(lr_schedule="step"), TrainingConfig(batch_fraction=0.0)):
+        with pytest.raises(InvalidScanError):
+            train_scan(scan, "raki", device="cpu", config=bad)
+
+
+def test_slices_trained_together_get_the_weights_of_slices_trained_alone():
+    """In float64, where rounding cannot hide a coupling between the slices."""
+    import torch
+
+    from raki.model import build_networks, merge_slices, split_slices
+    from raki.train import fit_networks, training_pair
+
+    generator = torch.Generator().manual_seed(3)
+    pairs = [
+        training_pair(torch.randn(6, 20, 14, generator=generator, dtype=torch.float64), 3)
+        for _ in range(3)
+    ]
+    for method in ("raki", "rraki"):
+        alone = []
+        for inputs, targets in pairs:
+            networks = build_networks(method, 3, 3, generator=torch.Generator().manual_seed(0))
+            networks = networks.double()
+            fit_networks(networks, inputs, targets, 3, iterations=15)
+            alone.append(networks.state_dict())
+        starts = [
+            build_networks(method, 3, 3, generator=torch.Generator().manual_seed(0)).double()
+            for _ in pairs
+        ]
+        merged = merge_slices(starts).double()
+        fit_networks(
+            merged,
+            torch.cat([inputs for inputs, _ in pairs], dim=1),
+            torch.cat([targets for _, targets in pairs], dim=1),
+            3,
+            iterations=15,
+        )
+        for mine, theirs in zip(split_slices(merged), alone, strict=True):
+            assert mine.keys() == theirs.keys()
+            for name in mine:
+                torch.testing.assert_close(mine[name], theirs[name], rtol=1e-9, atol=1e-11)
+
+
+def test_train_scan_batches_slices_and_refuses_what_cannot_be_batched():
+    import pytest
+
+    from raki.errors import InvalidScanError
+    from raki.phantom import simulate_scan
+    from raki.train import TrainingConfig, train_scan
+
+    scan = simulate_scan((40, 30), num_coils=3, num_slices=3, seed=5).undersampled(3, 12)
+    alone = train_scan(scan, "rraki", device="cpu", config=TrainingConfig(iterations=20))
+    together = train_scan(
+        scan, "rraki", device="cpu", config=TrainingConfig(iterations=20, slices_per_batch=2)
+    )
+    assert alone.hyperparameters["slices_per_batch"] == 1
+    assert together.hyperparameters["slices_per_batch"] == 2
+    assert together.scales == alone.scales and together.num_slices == 3
+    assert together.state_dicts[2].keys() == alone.state_dicts[2].keys()
+    # Slice 2 trains alone in both runs (3 slices in batches of 2): the same float32 weights.
+    for name, weight in together.state_dicts[2].items():
+        assert torch_equal(weight, alone.state_dicts[2][name])
+    with pytest.raises(InvalidScanError, match="together"):
+        train_scan(
+            scan,
+            "raki",
+            device="cpu",
+            config=TrainingConfig(iterations=5, slices_per_batch=2, warm_start=True),
+        )
+
+
+def torch_equal(first, second) -> bool:
+    import torch
+
+    return bool(torch.equal(first, second))

@@ -1,0 +1,89 @@
+"""Readout-oversampling removal: reconstruct the recon FOV only, then put the result back.
+
+Scanners sample the readout with 2x oversampling (fastMRI's 640-point readouts cover twice the
+320-point image FOV) to keep aliasing out along x; the outer half of the image holds no anatomy.
+Cropping the image to the central part along x is a per-line operation (a 1D inverse FFT along
+kx, a crop, a 1D FFT back), so skipped ky lines stay skipped and the sampling pattern, R and ACS
+are unchanged, while every readout-wise cost of training and applying RAKI halves.
+
+`restore_readout` brings filled k-space back to the full readout: the predicted lines are
+zero-padded in x (nothing is predicted outside the recon FOV) and the acquired lines are taken
+from the original k-space as measured, so no measured sample is lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from raki.errors import InvalidScanError
+from raki.scan import Scan
+
+KX_AXIS = -2
+
+
+def _ifft_x(kspace: np.ndarray) -> np.ndarray:
+    shifted = np.fft.ifftshift(kspace, axes=KX_AXIS)
+    return np.fft.fftshift(np.fft.ifft(shifted, axis=KX_AXIS, norm="ortho"), axes=KX_AXIS)
+
+
+def _fft_x(image: np.ndarray) -> np.ndarray:
+    shifted = np.fft.ifftshift(image, axes=KX_AXIS)
+    return np.fft.fftshift(np.fft.fft(shifted, axis=KX_AXIS, norm="ortho"), axes=KX_AXIS)
+
+
+def cropped_readout(readout: int, factor: float) -> int:
+    """Readout points kept when removing `factor`-fold oversampling (even, at least 8)."""
+    if factor < 1.0:
+        raise InvalidScanError(f"readout oversampling must be >= 1, got {factor}")
+    kept = round(readout / factor / 2) * 2
+    return min(readout, max(kept, 8))
+
+
+def _centre(readout: int, kept: int) -> slice:
+    start = readout // 2 - kept // 2
+    return slice(start, start + kept)
+
+
+def crop_kspace(kspace: np.ndarray, kept: int) -> np.ndarray:
+    """k-space [..., kx, ky] of the central `kept` image columns along x (complex64)."""
+    image = _ifft_x(kspace)[..., _centre(kspace.shape[KX_AXIS], kept), :]
+    return _fft_x(image).astype(np.complex64)
+
+
+def pad_kspace(kspace: np.ndarray, readout: int) -> np.ndarray:
+    """Inverse of `crop_kspace` inside the kept FOV: zero outside it, `readout` points long."""
+    image = _ifft_x(kspace)
+    padded = np.zeros((*image.shape[:-2], readout, image.shape[-1]), dtype=np.complex128)
+    padded[..., _centre(readout, kspace.shape[KX_AXIS]), :] = image
+    return _fft_x(padded).astype(np.complex64)
+
+
+def resolve_oversampling(scan: Scan, requested: float | None) -> float:
+    """The factor to remove: `requested`, or the file's own (None), 1 when it does not say."""
+    if requested is not None:
+        return float(requested)
+    return float(scan.geometry.readout_oversampling or 1.0)
+
+
+def crop_readout(scan: Scan, factor: float) -> Scan:
+    """`scan` with `factor`-fold readout oversampling removed; the same Scan if factor is 1."""
+    kept = cropped_readout(scan.matrix[0], factor)
+    if kept == scan.matrix[0]:
+        return scan
+    geometry = scan.geometry
+    if geometry.fov_mm is not None:
+        fov = (geometry.fov_mm[0] * kept / scan.matrix[0], *geometry.fov_mm[1:])
+        geometry = dataclasses.replace(geometry, fov_mm=fov, readout_oversampling=None)
+    else:
+        geometry = dataclasses.replace(geometry, readout_oversampling=None)
+    return dataclasses.replace(
+        scan, kspace=crop_kspace(scan.kspace * scan.sampled, kept), geometry=geometry
+    )
+
+
+def restore_readout(scan: Scan, filled_cropped: np.ndarray) -> np.ndarray:
+    """Full-readout k-space: predictions from `filled_cropped`, acquired lines from `scan`."""
+    predicted = pad_kspace(filled_cropped, scan.matrix[0])
+    return np.where(scan.sampled, scan.kspace, predicted).astype(np.complex64)
