@@ -8,7 +8,7 @@ fastMRI-style output. Nothing here knows about queues or the terminal.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from raki.io.reconstruction import write_reconstruction
 from raki.metrics import evaluate
 from raki.recon import DEFAULT_METHOD, ProgressCallback, ReconResult, reconstruct
 from raki.scan import Scan
+from raki.train import TrainingConfig
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,24 @@ class ReconOptions:
     weights: Path | None = None
     # Methods also run and scored beside `method` when a reference is known (report, demo).
     compare: tuple[str, ...] = ()
+    # TrainingConfig fields to change (`training_config`); "faithful": True starts from
+    # the paper's configuration.
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def training_config(self) -> TrainingConfig:
+        return training_config(self.training)
+
+
+def training_config(overrides: dict[str, Any]) -> TrainingConfig:
+    """The library's TrainingConfig (or the paper's, with "faithful") with `overrides` set."""
+    fields = dict(overrides)
+    base = TrainingConfig.faithful() if fields.pop("faithful", False) else TrainingConfig()
+    unknown = set(fields) - set(asdict(base))
+    if unknown:
+        raise MrictlError(
+            f"unknown training settings: {', '.join(sorted(unknown))}", ExitCode.USAGE
+        )
+    return replace(base, **fields)
 
 
 @dataclass
@@ -118,6 +137,7 @@ def run_reconstruction(
         device=options.device,
         iterations=options.iterations,
         progress=progress,
+        config=options.training_config(),
         **extra,
     )
     result.timings.setdefault("total_s", time.perf_counter() - start)
@@ -133,7 +153,13 @@ def run_reconstruction(
 def compare_with(done: Reconstruction, method: str, options: ReconOptions) -> None:
     """Reconstruct the same input with another method and score it beside the main result."""
     start = time.perf_counter()
-    other = reconstruct(done.scan, method, device=options.device, iterations=options.iterations)
+    other = reconstruct(
+        done.scan,
+        method,
+        device=options.device,
+        iterations=options.iterations,
+        config=options.training_config(),
+    )
     seconds = time.perf_counter() - start
     done.comparison[method] = {**evaluate(done.reference, other.image), "time_s": seconds}
     done.compared_images[method] = other.image

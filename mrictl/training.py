@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mrictl.reconstruction import prepare_scan
+from mrictl.reconstruction import prepare_scan, training_config
 from raki.io import read_scan
 from raki.recon import ProgressCallback
 from raki.train import train_scan
@@ -21,10 +21,21 @@ def train_file(
     device: str = "auto",
     iterations: int | None = None,
     progress: ProgressCallback | None = None,
+    training: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train on `source` (undersampled first if fully sampled) and save the weights to `out`."""
+    """Train on `source` (undersampled first if fully sampled) and save the weights to `out`.
+
+    `training` holds the TrainingConfig fields to change (see `training_config`).
+    """
     scan, _ = prepare_scan(read_scan(source), acceleration, acs_lines)
-    weights = train_scan(scan, method, device=device, iterations=iterations, progress=progress)
+    weights = train_scan(
+        scan,
+        method,
+        device=device,
+        iterations=iterations,
+        progress=progress,
+        config=training_config(training or {}),
+    )
     written = weights.save(out)
     return {
         "input": source.name,

@@ -9,6 +9,18 @@ from typing import Annotated
 import typer
 
 from mrictl.cli.common import DeviceOption, JsonFlag
+from mrictl.cli.training_options import (
+    BatchFractionOption,
+    CoilEnergyOption,
+    EarlyStopOption,
+    FaithfulFlag,
+    LearningRateOption,
+    OversamplingOption,
+    PrecisionOption,
+    ScheduleOption,
+    SliceBatchOption,
+    training_overrides,
+)
 from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
 
@@ -59,6 +71,15 @@ def run(
     weights: Annotated[
         Path | None, typer.Option("--weights", help="Apply networks saved by `mrictl train`.")
     ] = None,
+    faithful: FaithfulFlag = False,
+    learning_rate: LearningRateOption = None,
+    lr_schedule: ScheduleOption = None,
+    batch_fraction: BatchFractionOption = None,
+    coil_energy: CoilEnergyOption = None,
+    precision: PrecisionOption = None,
+    early_stop: EarlyStopOption = None,
+    readout_oversampling: OversamplingOption = None,
+    slices_per_batch: SliceBatchOption = None,
     json: JsonFlag = False,
 ) -> None:
     """Reconstruct one scan file now, on this machine."""
@@ -68,6 +89,17 @@ def run(
     output = Output(json)
     settings = load_settings()
     method = method or settings.method
+    training = training_overrides(
+        faithful=faithful,
+        learning_rate=learning_rate,
+        lr_schedule=lr_schedule,
+        batch_fraction=batch_fraction,
+        coil_energy=coil_energy,
+        precision=precision,
+        early_stop=early_stop,
+        readout_oversampling=readout_oversampling,
+        slices_per_batch=slices_per_batch,
+    )
     options = ReconOptions(
         method=method,
         acceleration=accel,
@@ -75,6 +107,7 @@ def run(
         device=device or settings.device,
         iterations=iterations,
         weights=weights,
+        training=training,
     )
     with output.progress(method or DEFAULT_METHOD, total=None) as update:
         document = reconstruct_file(

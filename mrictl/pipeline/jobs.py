@@ -53,6 +53,7 @@ RECON_OPTIONS: dict[str, type] = {
     "device": str,
     "iterations": int,
     "compare": list,  # methods scored beside the main one when a reference is known
+    "training": dict,  # TrainingConfig fields to change (mrictl.reconstruction.training_config)
 }
 
 # fetch --format NAME -> which output files it selects (by file name under the job's folder).
@@ -127,6 +128,12 @@ def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict
                     f"cannot compare with unknown method {unknown[0]!r}", ExitCode.USAGE
                 )
             clean[name] = list(value)
+            continue
+        if kind is dict:
+            from mrictl.reconstruction import training_config
+
+            training_config(value)  # unknown fields are refused now, not at the worker
+            clean[name] = dict(value)
             continue
         if kind is int and value < (0 if name == "acs_lines" else 1):
             raise MrictlError(f"option {name!r} is out of range: {value}", ExitCode.USAGE)

@@ -97,6 +97,7 @@ def _options(payload: dict[str, Any]) -> Any:
         device=options.get("device", "auto"),
         iterations=options.get("iterations"),
         compare=tuple(options.get("compare") or ()),
+        training=dict(options.get("training") or {}),
     )
 
 

@@ -111,3 +111,68 @@ def test_train_then_apply_weights_and_refuse_misfits(tmp_path, full_scan):
     )
     assert refused.exit_code == ExitCode.CONFLICT
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_training_flags_reach_the_saved_weights(tmp_path, full_scan):
+    from raki.weights import RakiWeights
+
+    weights = tmp_path / "weights.pt"
+    trained = invoke(
+        "train",
+        str(full_scan),
+        "--accel",
+        "2",
+        "--acs",
+        "12",
+        "--out",
+        str(weights),
+        "--iterations",
+        "20",
+        "--learning-rate",
+        "0.01",
+        "--lr-schedule",
+        "cosine",
+        "--batch-fraction",
+        "0.5",
+        "--coil-energy",
+        "0.999",
+        "--json",
+    )
+    assert trained.exit_code == 0, trained.stderr
+    saved = RakiWeights.load(weights).hyperparameters
+    assert (saved["learning_rate"], saved["lr_schedule"], saved["batch_fraction"]) == (
+        0.01,
+        "cosine",
+        0.5,
+    )
+    assert saved["coil_energy"] == 0.999 and saved["iterations"] == 20
+
+
+def test_faithful_flag_and_bad_training_values(tmp_path, full_scan):
+    out = tmp_path / "faithful.h5"
+    done = invoke(
+        "recon",
+        "run",
+        str(full_scan),
+        "--accel",
+        "2",
+        "--acs",
+        "12",
+        "--method",
+        "raki",
+        "--faithful",
+        "--iterations",
+        "5",
+        "--out",
+        str(out),
+        "--json",
+    )
+    assert done.exit_code == 0, done.stderr
+    bad = invoke(
+        "recon", "run", str(full_scan), "--accel", "2", "--batch-fraction", "2", "--out", str(out)
+    )
+    assert bad.exit_code == ExitCode.USAGE
+    schedule = invoke(
+        "recon", "run", str(full_scan), "--accel", "2", "--lr-schedule", "step", "--out", str(out)
+    )
+    assert schedule.exit_code == ExitCode.USAGE
