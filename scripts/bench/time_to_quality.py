@@ -1,0 +1,214 @@
+"""Time to quality: wall time until a RAKI configuration's image reaches faithful RAKI's NMSE.
+
+One command (repository root, project venv, on an otherwise idle machine):
+
+    .venv/bin/python scripts/bench/time_to_quality.py --out bench-results/ttq.json
+
+For each case (a single slice, retrospectively undersampled) it first trains faithful RAKI
+(`TrainingConfig.faithful()`: fp32, Adam lr 3e-3, 1000 iterations, physical coils) and takes the
+NMSE of its final image as the bar. Then every configuration in `CONFIGS` trains on the same
+slice; every `--every` iterations the networks are copied (the copy's time is not counted), and
+after training each copy fills the k-space and its RSS image is scored. A configuration's time
+to quality is its training wall time at the first copy whose NMSE is within `--tolerance` (2%)
+of the bar, plus the time to apply the networks once. "final" is the NMSE after all its
+iterations. The faithful run's own curve gives its time to quality too (often far below 1000
+iterations: that is the first lever).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import machine
+
+from raki.coils import fit_compression
+from raki.device import resolve_device
+from raki.fft import rss_image
+from raki.grappa import reconstruct_grappa
+from raki.metrics import nmse
+from raki.model import build_networks
+from raki.phantom import simulate_scan
+from raki.recon import fill_slice, lattice_offset
+from raki.runtime import tune_process
+from raki.scan import Scan
+from raki.train import TrainingConfig, train_slice
+
+FAITHFUL = TrainingConfig.faithful()
+DEFAULT = TrainingConfig(readout_oversampling=1.0)
+COSINE = {"learning_rate": 1e-2, "lr_schedule": "cosine"}
+# name -> (method, config, coil energy or None). Iterations are the budget; the curve shows
+# the rest. "rraki" rows average with GRAPPA as the default method does (grappa_share 0.5).
+CONFIGS: dict[str, tuple[str, TrainingConfig, float | None]] = {
+    "raki lr 3e-3 cosine, 400 it": (
+        "raki",
+        replace(FAITHFUL, iterations=400, lr_schedule="cosine"),
+        None,
+    ),
+    "raki lr 1e-2 cosine, 300 it": ("raki", replace(FAITHFUL, iterations=300, **COSINE), None),
+    "raki lr 1e-2 cosine, 150 it": ("raki", replace(FAITHFUL, iterations=150, **COSINE), None),
+    "raki patches 25%, lr 1e-2 cosine, 400 it": (
+        "raki",
+        replace(FAITHFUL, iterations=400, batch_fraction=0.25, **COSINE),
+        None,
+    ),
+    "raki compress 99.9%, lr 1e-2 cosine, 300 it": (
+        "raki",
+        replace(FAITHFUL, iterations=300, **COSINE),
+        0.999,
+    ),
+    "rraki default 1000 it": ("rraki", DEFAULT, None),
+    "rraki lr 1e-2 cosine, 200 it": ("rraki", replace(DEFAULT, iterations=200, **COSINE), None),
+    "rraki compress 99.9%, lr 1e-2 cosine, 200 it": (
+        "rraki",
+        replace(DEFAULT, iterations=200, **COSINE),
+        0.999,
+    ),
+}
+
+
+def phantom_case(readout: int, coils: int, snr: float) -> tuple[Scan, np.ndarray]:
+    full = simulate_scan((readout, 320), num_coils=coils, snr=snr, seed=0)
+    return full.undersampled(4, 32), rss_image(full.kspace)
+
+
+def file_case(path: Path, acceleration: int, acs: int) -> tuple[Scan, np.ndarray]:
+    from raki.io import read_scan
+
+    full = read_scan(path)
+    full = replace(full, kspace=full.kspace[:1]) if full.num_slices > 1 else full
+    return full.undersampled(acceleration, acs), rss_image(full.kspace)
+
+
+def run_config(
+    scan: Scan,
+    reference: np.ndarray,
+    method: str,
+    config: TrainingConfig,
+    coil_energy: float | None,
+    every: int,
+    device: torch.device,
+) -> dict[str, object]:
+    """Train once, copying the networks every `every` iterations; score every copy."""
+    kspace = scan.kspace[0]
+    acs = scan.acs_kspace()[0]
+    compression = None
+    start = time.perf_counter()
+    if coil_energy is not None:
+        compression = fit_compression(scan.acs_kspace(), coil_energy)
+        acs = compression.compress(scan.acs_kspace())[0]
+        kspace = compression.compress(scan.kspace)[0]
+    snapshots: list[tuple[int, float, dict[str, torch.Tensor]]] = []
+    paused = 0.0
+
+    def observer(done: int, networks: torch.nn.Module) -> None:
+        nonlocal paused
+        entered = time.perf_counter()
+        if done % every == 0 or done == config.iterations:
+            state = {k: v.detach().clone() for k, v in networks.state_dict().items()}
+            snapshots.append((done, entered - start - paused, state))
+        paused += time.perf_counter() - entered
+
+    _, scale, curve = train_slice(acs, scan.acceleration, method, config, device, observer=observer)
+    linear, grappa_seconds = None, 0.0
+    if method == "rraki" and config.grappa_share > 0:
+        fitted = time.perf_counter()
+        linear = reconstruct_grappa(scan)[0]  # part of the method: counted with applying
+        grappa_seconds = time.perf_counter() - fitted
+    train_seconds = time.perf_counter() - start - paused - grappa_seconds
+    offset = lattice_offset(scan)
+    points, apply_seconds = [], 0.0
+    for done, seconds, state in snapshots:
+        networks = build_networks(method, acs.shape[0], scan.acceleration, config.hidden)
+        networks.load_state_dict(state)
+        applied = time.perf_counter()
+        predicted = fill_slice(networks.eval(), kspace, scan.acceleration, offset, scale, device)
+        if compression is not None:
+            predicted = compression.expand(predicted[None], slices=slice(0, 1))[0]
+        filled = np.where(scan.sampled, scan.kspace[0], predicted)
+        if linear is not None:
+            filled = linear + (1 - config.grappa_share) * (filled - linear)
+        image = rss_image(filled[None])
+        apply_seconds = time.perf_counter() - applied
+        points.append({"iteration": done, "train_s": seconds, "nmse": nmse(reference, image)})
+    return {
+        "method": method,
+        "config": {**asdict(config), "coil_energy": coil_energy},
+        "virtual_coils": None if compression is None else compression.num_virtual,
+        "train_s": train_seconds,
+        "apply_s": apply_seconds + grappa_seconds,
+        "final_nmse": points[-1]["nmse"],
+        "final_loss": curve[-1],
+        "curve": points,
+    }
+
+
+def time_to_quality(row: dict[str, object], bar: float, tolerance: float) -> float | None:
+    for point in row["curve"]:
+        if point["nmse"] <= bar * (1 + tolerance):
+            return point["train_s"] + row["apply_s"]
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--cases", default="phantom16x320")
+    parser.add_argument("--configs", default=None, help="comma-separated names (default: all)")
+    parser.add_argument("--every", type=int, default=50)
+    parser.add_argument("--tolerance", type=float, default=0.02)
+    parser.add_argument("--snr", type=float, default=30.0)
+    parser.add_argument("--data", type=Path, default=Path(__file__).parents[3] / "shared/data")
+    args = parser.parse_args()
+    device = resolve_device("cpu")
+    tune_process()
+    chosen = (
+        CONFIGS
+        if args.configs is None
+        else {name: CONFIGS[name] for name in args.configs.split(",")}
+    )
+    results: dict[str, object] = {"machine": machine(), "load_before": os.getloadavg()}
+    cases = {}
+    for case in args.cases.split(","):
+        if case.startswith("phantom"):
+            coils, readout = (int(v) for v in case.removeprefix("phantom").split("x"))
+            scan, reference = phantom_case(readout, coils, args.snr)
+        else:
+            name, r, acs = case.split(":")
+            scan, reference = file_case(args.data / name, int(r), int(acs))
+        faithful = run_config(scan, reference, "raki", FAITHFUL, None, args.every, device)
+        bar = faithful["final_nmse"]
+        rows = {"raki faithful 1000 it": faithful}
+        for name, (method, config, energy) in chosen.items():
+            rows[name] = run_config(scan, reference, method, config, energy, args.every, device)
+            print(case, name, rows[name]["final_nmse"], flush=True)
+        print(f"\n{case}: faithful NMSE {bar:.5f}, bar {bar * (1 + args.tolerance):.5f}")
+        print("| configuration | final NMSE | vs faithful | train s | time to quality s |")
+        print("|---|---:|---:|---:|---:|")
+        for name, row in rows.items():
+            row["time_to_quality_s"] = time_to_quality(row, bar, args.tolerance)
+            ttq = row["time_to_quality_s"]
+            print(
+                f"| {name} | {row['final_nmse']:.5f} | {row['final_nmse'] / bar:.3f} | "
+                f"{row['train_s']:.1f} | {'not reached' if ttq is None else f'{ttq:.1f}'} |",
+                flush=True,
+            )
+        cases[case] = {"bar": bar, "rows": rows}
+    results["cases"] = cases
+    results["load_after"] = os.getloadavg()
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
