@@ -9,6 +9,17 @@ import typer
 from mrictl.cli.common import DeviceOption, JsonFlag
 from mrictl.cli.recon import IterationsOption
 from mrictl.cli.scan import parse_matrix
+from mrictl.cli.training_options import (
+    BatchFractionOption,
+    CoilEnergyOption,
+    FaithfulFlag,
+    LearningRateOption,
+    OversamplingOption,
+    PrecisionOption,
+    ScheduleOption,
+    SliceBatchOption,
+    training_overrides,
+)
 from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
 
@@ -28,6 +39,17 @@ def bench(
     price_per_hour: Annotated[
         float | None, typer.Option(min=0.0, help="Instance price per hour, for cost per scan.")
     ] = None,
+    volume: Annotated[
+        bool, typer.Option("--volume", help="Reconstruct the slices as one volume (GPU batch).")
+    ] = False,
+    faithful: FaithfulFlag = False,
+    learning_rate: LearningRateOption = None,
+    lr_schedule: ScheduleOption = None,
+    batch_fraction: BatchFractionOption = None,
+    coil_energy: CoilEnergyOption = None,
+    precision: PrecisionOption = None,
+    readout_oversampling: OversamplingOption = None,
+    slices_per_batch: SliceBatchOption = None,
     json: JsonFlag = False,
 ) -> None:
     """Time a standard phantom study: seconds per slice, slices per hour, cost per scan."""
@@ -46,6 +68,17 @@ def bench(
         device=device or load_settings().device,
         slices_per_scan=slices_per_scan,
         price_per_hour=price_per_hour,
+        volume=volume,
+        training=training_overrides(
+            faithful=faithful,
+            learning_rate=learning_rate,
+            lr_schedule=lr_schedule,
+            batch_fraction=batch_fraction,
+            coil_energy=coil_energy,
+            precision=precision,
+            readout_oversampling=readout_oversampling,
+            slices_per_batch=slices_per_batch,
+        ),
     )
     with output.progress("benchmark", total=slices) as update:
         document = run_bench(settings, lambda done, total: update(completed=done, total=total))
