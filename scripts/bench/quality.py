@@ -29,6 +29,7 @@ from raki.metrics import evaluate
 from raki.phantom import simulate_scan
 from raki.recon import reconstruct
 from raki.scan import Scan
+from raki.train import TrainingConfig
 
 FILE_CASES = {
     "brain_8ch_320x168.h5": [(3, 32), (4, 32), (5, 32), (6, 32), (4, 24), (4, 40)],
@@ -48,7 +49,12 @@ def has_pygrappa() -> bool:
 
 
 def score_methods(
-    full: Scan, acceleration: int, acs_lines: int, methods: list[str], iterations: int | None
+    full: Scan,
+    acceleration: int,
+    acs_lines: int,
+    methods: list[str],
+    iterations: int | None,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     reference = rss_image(full.kspace)
     scan = full.undersampled(acceleration, acs_lines)
@@ -58,7 +64,8 @@ def score_methods(
         if method == "pygrappa":
             image = rss_image(pygrappa_filled(scan, 0.01))
         else:
-            image = reconstruct(scan, method, iterations=iterations).image
+            config = TrainingConfig(seed=seed)
+            image = reconstruct(scan, method, iterations=iterations, config=config).image
         seconds = time.perf_counter() - start
         rows[method] = {**evaluate(reference, image), "time_s": seconds}
         print(
@@ -99,6 +106,7 @@ def main() -> int:
     parser.add_argument("--accels", help="only these R, e.g. 4,5")
     parser.add_argument("--acs", help="only these ACS sizes, e.g. 32")
     parser.add_argument("--no-phantoms", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the networks' start")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m and (m != "pygrappa" or has_pygrappa())]
     cases = []
@@ -120,7 +128,7 @@ def main() -> int:
         if args.acs and str(acs_lines) not in args.acs.split(","):
             continue
         print(f"{name} R={acceleration} ACS={acs_lines}", flush=True)
-        rows = score_methods(full, acceleration, acs_lines, methods, args.iterations)
+        rows = score_methods(full, acceleration, acs_lines, methods, args.iterations, args.seed)
         cases.append({"data": name, "R": acceleration, "acs": acs_lines, "methods": rows})
     table = markdown(cases)
     print(table)
@@ -128,6 +136,7 @@ def main() -> int:
     payload = {
         "machine": machine(),
         "iterations": args.iterations,
+        "seed": args.seed,
         "cases": cases,
         "markdown": table,
     }
