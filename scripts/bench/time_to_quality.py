@@ -193,7 +193,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--cases", default="phantom16x320")
-    parser.add_argument("--configs", default=None, help="comma-separated names (default: all)")
+    parser.add_argument("--configs", default=None, help="names separated by ';' (default: all)")
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument("--snr", type=float, default=30.0)
@@ -204,7 +204,7 @@ def main() -> None:
     chosen = (
         CONFIGS
         if args.configs is None
-        else {name: CONFIGS[name] for name in args.configs.split(",")}
+        else {name: CONFIGS[name] for name in args.configs.split(";")}
     )
     results: dict[str, object] = {"machine": machine(), "load_before": os.getloadavg()}
     cases = {}
