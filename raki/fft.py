@@ -11,16 +11,26 @@ import numpy as np
 AXES = (-2, -1)
 
 
+def ifftc(kspace: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Centred orthonormal inverse FFT over `axes`."""
+    shifted = np.fft.ifftshift(kspace, axes=axes)
+    return np.fft.fftshift(np.fft.ifftn(shifted, axes=axes, norm="ortho"), axes=axes)
+
+
+def fftc(image: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Centred orthonormal forward FFT over `axes`."""
+    shifted = np.fft.ifftshift(image, axes=axes)
+    return np.fft.fftshift(np.fft.fftn(shifted, axes=axes, norm="ortho"), axes=axes)
+
+
 def ifft2c(kspace: np.ndarray) -> np.ndarray:
     """Centred orthonormal inverse FFT over the last two axes (kx, ky)."""
-    shifted = np.fft.ifftshift(kspace, axes=AXES)
-    return np.fft.fftshift(np.fft.ifft2(shifted, axes=AXES, norm="ortho"), axes=AXES)
+    return ifftc(kspace, AXES)
 
 
 def fft2c(image: np.ndarray) -> np.ndarray:
     """Centred orthonormal forward FFT over the last two axes (x, y)."""
-    shifted = np.fft.ifftshift(image, axes=AXES)
-    return np.fft.fftshift(np.fft.fft2(shifted, axes=AXES, norm="ortho"), axes=AXES)
+    return fftc(image, AXES)
 
 
 def rss(coil_images: np.ndarray, coil_axis: int = -3) -> np.ndarray:

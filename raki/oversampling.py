@@ -18,19 +18,18 @@ import dataclasses
 import numpy as np
 
 from raki.errors import InvalidScanError
+from raki.fft import fftc, ifftc
 from raki.scan import Scan
 
 KX_AXIS = -2
 
 
 def _ifft_x(kspace: np.ndarray) -> np.ndarray:
-    shifted = np.fft.ifftshift(kspace, axes=KX_AXIS)
-    return np.fft.fftshift(np.fft.ifft(shifted, axis=KX_AXIS, norm="ortho"), axes=KX_AXIS)
+    return ifftc(kspace, (KX_AXIS,))
 
 
 def _fft_x(image: np.ndarray) -> np.ndarray:
-    shifted = np.fft.ifftshift(image, axes=KX_AXIS)
-    return np.fft.fftshift(np.fft.fft(shifted, axis=KX_AXIS, norm="ortho"), axes=KX_AXIS)
+    return fftc(image, (KX_AXIS,))
 
 
 def cropped_readout(readout: int, factor: float) -> int:

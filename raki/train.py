@@ -117,9 +117,11 @@ class TrainingConfig:
     # Fraction of the ACS readout patches (PATCH_ROWS rows each) drawn at random for each
     # iteration; 1.0 uses the whole ACS every iteration, as the paper does.
     batch_fraction: float = 1.0
-    # Readout oversampling removed before training and applying (raki.oversampling): None
-    # takes the factor the file's header declares (fastMRI: 2), 1.0 keeps the full readout.
-    readout_oversampling: float | None = None
+    # Readout oversampling removed before training and applying (raki.oversampling): 1.0
+    # keeps the full readout; None takes the factor the file's header declares (fastMRI: 2).
+    # Off by default: it halves the work but cost RAKI 9-10% NMSE inside the recon FOV on a
+    # 2x-oversampled phantom (docs/benchmarks.md).
+    readout_oversampling: float | None = 1.0
     # Slices whose networks train together in one merged module (raki.model.merge_slices);
     # None: 1 on the CPU, up to MAX_GPU_SLICE_BATCH on a GPU. The same weights either way.
     slices_per_batch: int | None = None

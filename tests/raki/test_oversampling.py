@@ -65,7 +65,7 @@ def test_raki_on_the_cropped_readout_keeps_the_image_and_weights_round_trip(tmp_
     full = oversampled_phantom()
     scan = full.undersampled(3, 12)
     reference = rss_image(full.kspace)
-    config = TrainingConfig(iterations=80, grappa_share=0.0)
+    config = TrainingConfig(iterations=80, grappa_share=0.0, readout_oversampling=None)
     kept = reconstruct(
         scan, "raki", device="cpu", config=replace(config, iterations=2, readout_oversampling=1.0)
     )
