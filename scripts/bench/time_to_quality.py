@@ -73,6 +73,12 @@ CONFIGS: dict[str, tuple[str, TrainingConfig, float | None]] = {
         None,
     ),
     "rraki default 1000 it": ("rraki", DEFAULT, None),
+    "rraki 1000 it, full readout": ("rraki", replace(DEFAULT, readout_oversampling=1.0), None),
+    "rraki 1000 it, readout oversampling removed": (
+        "rraki",
+        replace(DEFAULT, readout_oversampling=2.0),
+        None,
+    ),
     "rraki lr 1e-2 cosine, 200 it": ("rraki", replace(DEFAULT, iterations=200, **COSINE), None),
     "rraki compress 99.9%, lr 1e-2 cosine, 200 it": (
         "rraki",
@@ -222,7 +228,9 @@ def main() -> None:
         bar = faithful["final_nmse"]
         rows = {"raki faithful 1000 it": faithful}
         for name, (method, config, energy) in chosen.items():
-            if "oversampling" in name and not scan.geometry.readout_oversampling:
+            if ("oversampling" in name or "full readout" in name) and not (
+                scan.geometry.readout_oversampling
+            ):
                 continue  # the same run as faithful on a scan without oversampling
             rows[name] = run_config(scan, reference, method, config, energy, args.every, device)
             print(case, name, rows[name]["final_nmse"], flush=True)
