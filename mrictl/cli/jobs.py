@@ -61,14 +61,16 @@ def upload(
     output = Output(json)
     if to is not None and not to.is_dir():
         raise MrictlError(f"{to.name}: share folder does not exist", ExitCode.NOT_FOUND)
-    result = upload_scan(
-        backend_for(home, backend),
-        paths,
-        to_dir=to,
-        method=method or load_settings().method,
-        options=recon_options(accel, acs, None, None),
-        axis_order=axis_order,
-    )
+    with output.progress("upload", total=None) as update:
+        result = upload_scan(
+            backend_for(home, backend),
+            paths,
+            to_dir=to,
+            method=method or load_settings().method,
+            options=recon_options(accel, acs, None, None),
+            axis_order=axis_order,
+            phase=lambda step: update(status=step),
+        )
     document = {
         "scan_id": result.scan_id,
         "already_uploaded": result.already_uploaded,

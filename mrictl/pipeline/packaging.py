@@ -17,7 +17,7 @@ import shutil
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -294,18 +294,32 @@ def package_scan(
     dest_dir: Path,
     axis_order: str | None = None,
     variable: str | None = None,
+    phase: PhaseCallback | None = None,
 ) -> Package:
-    """Package a scan's files into `dest_dir/<scan_id>.tar`; an identical package is kept as is."""
+    """Package a scan's files into `dest_dir/<scan_id>.tar`; an identical package is kept as is.
+
+    `phase` hears "checksums", "packaging" as each long step starts (for a progress display).
+    """
+    phase = phase or _quiet
     inputs = _checked_inputs(paths)
     if not Path(dest_dir).is_dir():
         raise MrictlError(f"{Path(dest_dir).name}: no such folder", ExitCode.NOT_FOUND)
+    phase("checksums")
     hashes = [file_sha256(path) for path in inputs]
     scan_id = scan_id_of(sha256 for _, sha256 in hashes)
     final = Path(dest_dir) / f"{scan_id}.tar"
     if final.is_file():
         return Package(scan_id, final, None, already_present=True)
+    phase("packaging")
     manifest = _describe(inputs, hashes, read_options_of(axis_order, variable))
     return Package(scan_id, write_package(manifest, inputs, Path(dest_dir)), manifest)
+
+
+PhaseCallback = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """The default phase listener: says nothing."""
 
 
 def upload_key(scan_id: str) -> str:
@@ -318,16 +332,24 @@ def store_scan(
     *,
     axis_order: str | None = None,
     variable: str | None = None,
+    phase: PhaseCallback | None = None,
 ) -> tuple[str, bool]:
-    """Put a scan's package in the store (no job): its scan id and whether it was already there."""
+    """Put a scan's package in the store (no job): its scan id and whether it was already there.
+
+    `phase` hears "checksums", "packaging", "sending" as each long step starts.
+    """
+    phase = phase or _quiet
     inputs = _checked_inputs(paths)
+    phase("checksums")
     hashes = [file_sha256(path) for path in inputs]
     scan_id = scan_id_of(sha256 for _, sha256 in hashes)
     if backend.store.exists(upload_key(scan_id)):
         return scan_id, True
+    phase("packaging")
     manifest = _describe(inputs, hashes, read_options_of(axis_order, variable))
     with tempfile.TemporaryDirectory(prefix="package-", dir=backend.scratch_dir) as staging:
         tar_path = write_package(manifest, inputs, Path(staging))
+        phase("sending")
         backend.store.put_file(upload_key(scan_id), tar_path)
     return scan_id, False
 
@@ -341,6 +363,7 @@ def upload(
     options: Mapping[str, Any] | None = None,
     axis_order: str | None = None,
     variable: str | None = None,
+    phase: PhaseCallback | None = None,
 ) -> UploadResult:
     """Send a scan: into a mounted share folder (`to_dir`), or into the store + a preprocess job.
 
@@ -350,13 +373,15 @@ def upload(
     """
     if to_dir is not None:
         package = package_scan(
-            paths, dest_dir=Path(to_dir), axis_order=axis_order, variable=variable
+            paths, dest_dir=Path(to_dir), axis_order=axis_order, variable=variable, phase=phase
         )
         return UploadResult(package.scan_id, package.already_present, package.path.name)
     from mrictl.pipeline.jobs import enqueue_preprocess, recon_request
 
     recon_request(method, options)  # a bad request fails before anything is sent
-    scan_id, already = store_scan(backend, paths, axis_order=axis_order, variable=variable)
+    scan_id, already = store_scan(
+        backend, paths, axis_order=axis_order, variable=variable, phase=phase
+    )
     if already:
         return UploadResult(scan_id, True, upload_key(scan_id))
     job_id = enqueue_preprocess(backend, scan_id, method=method, options=options)

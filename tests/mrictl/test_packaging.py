@@ -86,7 +86,15 @@ def test_share_drop_writes_only_complete_files(scan_file, tmp_path):
 
 def test_upload_to_the_store_queues_preprocess_once(scan_file, tmp_path):
     backend = LocalBackend(tmp_path / "home")
-    first = upload(backend, [scan_file], method="zerofill", options={"acceleration": 2})
+    phases: list[str] = []
+    first = upload(
+        backend,
+        [scan_file],
+        method="zerofill",
+        options={"acceleration": 2},
+        phase=phases.append,
+    )
+    assert phases == ["checksums", "packaging", "sending"]  # what a progress display shows
     assert not first.already_uploaded and first.job_id
     assert backend.store.list() == [f"uploads/{first.scan_id}.tar"]
     second = upload(backend, [scan_file], method="zerofill")
