@@ -68,8 +68,8 @@ OversamplingOption = Annotated[
         "--readout-oversampling",
         min=1.0,
         max=8.0,
-        help="Readout oversampling to remove before RAKI, e.g. 2 for fastMRI (halves the work; "
-        "default 1: the full readout).",
+        help="Readout oversampling to remove before the networks, e.g. 2 for fastMRI (halves "
+        "the work). Default: rraki removes what the file declares, raki keeps the full readout.",
     ),
 ]
 SliceBatchOption = Annotated[

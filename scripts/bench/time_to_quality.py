@@ -37,12 +37,12 @@ from raki.fft import rss_image
 from raki.grappa import reconstruct_grappa
 from raki.metrics import nmse
 from raki.model import build_networks
-from raki.oversampling import crop_readout, cropped_readout, resolve_oversampling, restore_readout
+from raki.oversampling import crop_readout, cropped_readout, restore_readout
 from raki.phantom import simulate_scan
 from raki.recon import fill_slice, lattice_offset
 from raki.runtime import tune_process
 from raki.scan import Scan
-from raki.train import TrainingConfig, train_slice
+from raki.train import TrainingConfig, readout_factor, train_slice
 
 FAITHFUL = TrainingConfig.faithful()
 DEFAULT = TrainingConfig()
@@ -69,7 +69,7 @@ CONFIGS: dict[str, tuple[str, TrainingConfig, float | None]] = {
     ),
     "raki faithful, readout oversampling removed": (
         "raki",
-        replace(FAITHFUL, readout_oversampling=None),
+        replace(FAITHFUL, readout_oversampling=2.0),
         None,
     ),
     "rraki default 1000 it": ("rraki", DEFAULT, None),
@@ -117,7 +117,7 @@ def run_config(
     """Train once, copying the networks every `every` iterations; score every copy."""
     start = time.perf_counter()
     full_scan = scan
-    scan = crop_readout(scan, resolve_oversampling(scan, config.readout_oversampling))
+    scan = crop_readout(scan, readout_factor(scan, method, config.readout_oversampling))
     kspace = scan.kspace[0]
     acs = scan.acs_kspace()[0]
     compression = None

@@ -65,7 +65,7 @@ def test_raki_on_the_cropped_readout_keeps_the_image_and_weights_round_trip(tmp_
     full = oversampled_phantom()
     scan = full.undersampled(3, 12)
     reference = rss_image(full.kspace)
-    config = TrainingConfig(iterations=80, grappa_share=0.0, readout_oversampling=None)
+    config = TrainingConfig(iterations=80, grappa_share=0.0, readout_oversampling=2.0)
     kept = reconstruct(
         scan, "raki", device="cpu", config=replace(config, iterations=2, readout_oversampling=1.0)
     )
@@ -82,3 +82,18 @@ def test_raki_on_the_cropped_readout_keeps_the_image_and_weights_round_trip(tmp_
     loaded = RakiWeights.load(weights.save(tmp_path / "w.pt"))
     again = reconstruct(scan, "raki", device="cpu", weights=loaded)
     np.testing.assert_allclose(again.kspace, cropped.kspace, rtol=1e-5, atol=1e-6)
+
+
+def test_by_default_rraki_removes_the_declared_oversampling_and_raki_does_not():
+    from raki.train import readout_factor
+
+    scan = oversampled_phantom().undersampled(3, 12)
+    assert readout_factor(scan, "rraki", None) == 2.0
+    assert readout_factor(scan, "raki", None) == 1.0
+    assert readout_factor(scan, "raki", 2.0) == 2.0
+    assert readout_factor(scan, "rraki", 1.0) == 1.0
+    plain = simulate_scan((48, 40), num_coils=4, seed=1).undersampled(3, 12)
+    assert readout_factor(plain, "rraki", None) == 1.0
+    weights = train_scan(scan, "rraki", device="cpu", config=TrainingConfig(iterations=3))
+    assert weights.hyperparameters["trained_readout"] == 48
+    assert TrainingConfig.faithful().readout_oversampling == 1.0
