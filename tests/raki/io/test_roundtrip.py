@@ -159,3 +159,15 @@ def test_write_refuses_unknown_formats(tmp_path, name, file_format, message):
 def test_write_into_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileFormatError, match="folder to write into does not exist"):
         write_scan(undersampled_scan(), tmp_path / "missing" / "scan.h5")
+
+
+@pytest.mark.parametrize("file_format", WRITABLE_FORMATS)
+def test_declared_readout_oversampling_round_trips(tmp_path, file_format):
+    """fastMRI and MRD say it as encoded 2x the recon readout: what rraki removes by default."""
+    scan = undersampled_scan()
+    scan = dataclasses.replace(
+        scan, geometry=dataclasses.replace(scan.geometry, readout_oversampling=2.0)
+    )
+    read = read_scan(write_scan(scan, tmp_path / f"os{SUFFIX[file_format]}"))
+    assert read.geometry.readout_oversampling == 2.0
+    assert_same_scan(read, scan)
