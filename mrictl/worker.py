@@ -9,6 +9,7 @@ each object atomically. Logs (per job and Python logging) name jobs and stages, 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -330,6 +331,7 @@ def worker_command(
     lease_seconds: float | None = None,
     poll_interval: float | None = None,
     worker_id: str | None = None,
+    report: Path | None = None,
 ) -> list[str]:
     """The command line of one local worker process."""
     command = [sys.executable, "-m", "mrictl.worker", "--home", str(home)]
@@ -342,6 +344,8 @@ def worker_command(
         command += ["--poll-interval", str(poll_interval)]
     if worker_id is not None:
         command += ["--worker-id", worker_id]
+    if report is not None:
+        command += ["--report", str(report)]
     return command
 
 
@@ -354,8 +358,12 @@ def spawn_workers(
     lease_seconds: float | None = None,
     poll_interval: float | None = None,
     env: Mapping[str, str] | None = None,
+    report_dir: Path | None = None,
 ) -> list[subprocess.Popen[bytes]]:
-    """Start `n` worker processes on `home`; the caller waits for or terminates them."""
+    """Start `n` worker processes on `home`; the caller waits for or terminates them.
+
+    With `report_dir`, each process writes `w<index>.json` ({"jobs_done": N}) there at exit.
+    """
     environment = {**os.environ, **(env or {})}
     return [
         subprocess.Popen(
@@ -366,11 +374,19 @@ def spawn_workers(
                 lease_seconds=lease_seconds,
                 poll_interval=poll_interval,
                 worker_id=f"{socket.gethostname()}-w{index}-{uuid.uuid4().hex[:6]}",
+                report=None if report_dir is None else Path(report_dir) / f"w{index}.json",
             ),
             env=environment,
         )
         for index in range(n)
     ]
+
+
+def reported_jobs(report_dir: Path) -> int | None:
+    """Jobs done by the workers that wrote reports into `report_dir` (None if none did)."""
+    reports = sorted(Path(report_dir).glob("w*.json"))
+    counts = [json.loads(path.read_text())["jobs_done"] for path in reports]
+    return sum(counts) if counts else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -382,6 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lease-seconds", type=float, default=DEFAULT_LEASE_SECONDS)
     parser.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL)
     parser.add_argument("--worker-id")
+    parser.add_argument("--report", type=Path, help='write {"jobs_done": N} here at exit')
     arguments = parser.parse_args(argv)
     if arguments.home is None:
         parser.error("give --home or set MRICTL_HOME")
@@ -397,7 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        run_worker(
+        done = run_worker(
             LocalBackend(arguments.home),
             stages=[stage for stage in arguments.stages.split(",") if stage],
             once=arguments.once,
@@ -406,6 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_event=stop,
             poll_interval=arguments.poll_interval,
         )
+        if arguments.report is not None:
+            partial = arguments.report.with_name(f".{arguments.report.name}.partial")
+            partial.write_text(json.dumps({"jobs_done": done}))
+            os.replace(partial, arguments.report)
     except MrictlError as error:
         sys.stderr.write(f"error: {error.message}\n")
         return int(error.exit_code)

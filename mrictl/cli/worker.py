@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -29,7 +31,7 @@ def run(
     """Claim and run jobs until stopped (Ctrl-C or SIGTERM finishes the job in hand)."""
     from mrictl.backends.base import STAGES
     from mrictl.cli.jobs import backend_for
-    from mrictl.worker import run_worker, spawn_workers
+    from mrictl.worker import reported_jobs, run_worker, spawn_workers
 
     stages = tuple(stage) if stage else STAGES
     store = backend_for(home, backend)
@@ -37,9 +39,12 @@ def run(
     if workers == 1:
         done = run_worker(store, stages=stages, once=once, **kwargs)
     else:
-        processes = spawn_workers(workers, store.home, stages=stages, once=once, **kwargs)
-        done = None
-        for process in processes:
-            process.wait()
+        with tempfile.TemporaryDirectory(prefix="workers-", dir=store.scratch_dir) as reports:
+            processes = spawn_workers(
+                workers, store.home, stages=stages, once=once, report_dir=Path(reports), **kwargs
+            )
+            for process in processes:
+                process.wait()
+            done = reported_jobs(Path(reports))
     document = {"jobs_done": done, "workers": workers, "stages": list(stages)}
     Output(json).result(document, f"worker stopped ({done if done is not None else '?'} jobs)")

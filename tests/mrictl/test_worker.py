@@ -186,3 +186,20 @@ def test_stop_event_ends_an_idle_worker(backend):
     stop_event.set()
     worker.join(timeout=10)
     assert result == [0]
+
+
+def test_worker_run_with_several_processes_reports_the_jobs_they_did(backend, scan_id):
+    from tests.mrictl.cli_helpers import invoke
+
+    ids = [
+        jobs.enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
+        for _ in range(4)
+    ]
+    outcome = invoke(
+        "worker", "run", "--workers", "2", "--once", "--home", str(backend.home), "--json"
+    )
+    assert outcome.exit_code == 0, outcome.stderr
+    document = outcome.json()
+    assert document["workers"] == 2 and document["jobs_done"] == len(ids)
+    assert all(jobs.get_record(backend, job_id)["state"] == "succeeded" for job_id in ids)
+    assert list(backend.scratch_dir.iterdir()) == []
