@@ -55,7 +55,7 @@ from raki.model import (
     from_channels,
     to_channels,
 )
-from raki.oversampling import crop_readout, restore_readout
+from raki.oversampling import restore_readout
 from raki.scan import Scan
 from raki.train import NEURAL_METHODS, TrainingConfig, check_trainable, train_scan
 from raki.weights import RakiWeights
@@ -141,8 +141,7 @@ def apply_weights(scan: Scan, weights: RakiWeights, device: str = "auto") -> np.
     check_trainable(scan)
     weights.check_compatible(scan, weights.method)
     full_scan = scan
-    oversampling = float(weights.hyperparameters.get("readout_oversampling") or 1.0)
-    scan = crop_readout(scan, oversampling)
+    scan = weights.network_scan(scan)
     torch_device = resolve_device(device)
     offset = lattice_offset(scan)
     filled = np.empty_like(scan.kspace)

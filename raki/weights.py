@@ -23,6 +23,7 @@ import torch
 from raki import __version__
 from raki.errors import FileFormatError, IncompatibleWeightsError
 from raki.grappa import GrappaKernel
+from raki.oversampling import crop_readout
 from raki.scan import Scan
 
 FORMAT = "raki-weights"
@@ -110,7 +111,16 @@ class RakiWeights:
             if failed:
                 raise IncompatibleWeightsError(f"weights do not fit this scan: {reason}")
         if self.grappa is not None:
-            self.grappa.check_compatible(scan)
+            self.grappa.check_compatible(self.network_scan(scan))
+
+    @property
+    def readout_oversampling(self) -> float:
+        """The readout oversampling removed before training (1.0: the full readout)."""
+        return float(self.hyperparameters.get("readout_oversampling") or 1.0)
+
+    def network_scan(self, scan: Scan) -> Scan:
+        """`scan` as the networks (and the GRAPPA kernel) saw it: its oversampling removed."""
+        return crop_readout(scan, self.readout_oversampling)
 
     def save(self, path: str | Path) -> Path:
         """Write the weights atomically to `path`; returns the path."""

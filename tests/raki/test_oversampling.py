@@ -97,3 +97,20 @@ def test_by_default_rraki_removes_the_declared_oversampling_and_raki_does_not():
     weights = train_scan(scan, "rraki", device="cpu", config=TrainingConfig(iterations=3))
     assert weights.hyperparameters["trained_readout"] == 48
     assert TrainingConfig.faithful().readout_oversampling == 1.0
+
+
+def test_default_rraki_reconstructs_an_oversampled_scan_and_reuses_its_weights(tmp_path):
+    """rraki's GRAPPA half is fitted on the cropped readout: weights must still apply."""
+    full = oversampled_phantom()
+    scan = full.undersampled(3, 12)
+    weights = train_scan(scan, "rraki", device="cpu", config=TrainingConfig(iterations=20))
+    assert weights.grappa is not None and weights.grappa.matrix == (48, scan.matrix[1])
+    done = reconstruct(scan, "rraki", device="cpu", weights=weights)
+    assert done.image.shape == (1, *scan.matrix)
+    np.testing.assert_array_equal(done.kspace[..., scan.sampled], scan.kspace[..., scan.sampled])
+    assert nmse(rss_image(full.kspace), done.image) < 0.5 * nmse(
+        rss_image(full.kspace), rss_image(scan.kspace)
+    )
+    loaded = RakiWeights.load(weights.save(tmp_path / "rraki.pt"))
+    again = reconstruct(scan, "rraki", device="cpu", weights=loaded)
+    np.testing.assert_allclose(again.kspace, done.kspace, rtol=1e-5, atol=1e-6)
