@@ -71,12 +71,10 @@ def crop_readout(scan: Scan, factor: float) -> Scan:
     kept = cropped_readout(scan.matrix[0], factor)
     if kept == scan.matrix[0]:
         return scan
-    geometry = scan.geometry
-    if geometry.fov_mm is not None:
-        fov = (geometry.fov_mm[0] * kept / scan.matrix[0], *geometry.fov_mm[1:])
-        geometry = dataclasses.replace(geometry, fov_mm=fov, readout_oversampling=None)
-    else:
-        geometry = dataclasses.replace(geometry, readout_oversampling=None)
+    fov = scan.geometry.fov_mm
+    if fov is not None:
+        fov = (fov[0] * kept / scan.matrix[0], *fov[1:])
+    geometry = dataclasses.replace(scan.geometry, fov_mm=fov, readout_oversampling=None)
     return dataclasses.replace(
         scan, kspace=crop_kspace(scan.kspace * scan.sampled, kept), geometry=geometry
     )

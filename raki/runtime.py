@@ -2,7 +2,7 @@
 
 glibc's malloc hands every block above its mmap threshold (32 MiB once it has adapted) straight
 back to the kernel on free, so a training loop whose activations are tens of megabytes pays a
-page fault per 4 KiB page on every iteration: on the 2-core Zen 4 build machine a large ReLU took
+page fault per 4 KiB page on every iteration: on the 2-core build machine a large ReLU took
 11 ms instead of 1.3 ms. Raising `M_MMAP_THRESHOLD` and `M_TRIM_THRESHOLD` keeps those blocks in
 the heap for reuse. `mallopt` is glibc's; elsewhere (musl, macOS, Windows) this is a no-op.
 """

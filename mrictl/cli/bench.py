@@ -6,20 +6,10 @@ from typing import Annotated
 
 import typer
 
+from mrictl.cli import training_options as flags
 from mrictl.cli.common import DeviceOption, JsonFlag
 from mrictl.cli.recon import IterationsOption
 from mrictl.cli.scan import parse_matrix
-from mrictl.cli.training_options import (
-    BatchFractionOption,
-    CoilEnergyOption,
-    FaithfulFlag,
-    LearningRateOption,
-    OversamplingOption,
-    PrecisionOption,
-    ScheduleOption,
-    SliceBatchOption,
-    training_overrides,
-)
 from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
 
@@ -42,14 +32,15 @@ def bench(
     volume: Annotated[
         bool, typer.Option("--volume", help="Reconstruct the slices as one volume (GPU batch).")
     ] = False,
-    faithful: FaithfulFlag = False,
-    learning_rate: LearningRateOption = None,
-    lr_schedule: ScheduleOption = None,
-    batch_fraction: BatchFractionOption = None,
-    coil_energy: CoilEnergyOption = None,
-    precision: PrecisionOption = None,
-    readout_oversampling: OversamplingOption = None,
-    slices_per_batch: SliceBatchOption = None,
+    faithful: flags.FaithfulFlag = False,
+    learning_rate: flags.LearningRateOption = None,
+    lr_schedule: flags.ScheduleOption = None,
+    batch_fraction: flags.BatchFractionOption = None,
+    coil_energy: flags.CoilEnergyOption = None,
+    precision: flags.PrecisionOption = None,
+    early_stop: flags.EarlyStopOption = None,
+    readout_oversampling: flags.OversamplingOption = None,
+    slices_per_batch: flags.SliceBatchOption = None,
     json: JsonFlag = False,
 ) -> None:
     """Time a standard phantom study: seconds per slice, slices per hour, cost per scan."""
@@ -69,16 +60,7 @@ def bench(
         slices_per_scan=slices_per_scan,
         price_per_hour=price_per_hour,
         volume=volume,
-        training=training_overrides(
-            faithful=faithful,
-            learning_rate=learning_rate,
-            lr_schedule=lr_schedule,
-            batch_fraction=batch_fraction,
-            coil_energy=coil_energy,
-            precision=precision,
-            readout_oversampling=readout_oversampling,
-            slices_per_batch=slices_per_batch,
-        ),
+        training=flags.training_overrides(locals()),
     )
     with output.progress("benchmark", total=slices) as update:
         document = run_bench(settings, lambda done, total: update(completed=done, total=total))

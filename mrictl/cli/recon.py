@@ -8,19 +8,8 @@ from typing import Annotated
 
 import typer
 
+from mrictl.cli import training_options as flags
 from mrictl.cli.common import DeviceOption, JsonFlag
-from mrictl.cli.training_options import (
-    BatchFractionOption,
-    CoilEnergyOption,
-    EarlyStopOption,
-    FaithfulFlag,
-    LearningRateOption,
-    OversamplingOption,
-    PrecisionOption,
-    ScheduleOption,
-    SliceBatchOption,
-    training_overrides,
-)
 from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
 
@@ -71,15 +60,15 @@ def run(
     weights: Annotated[
         Path | None, typer.Option("--weights", help="Apply networks saved by `mrictl train`.")
     ] = None,
-    faithful: FaithfulFlag = False,
-    learning_rate: LearningRateOption = None,
-    lr_schedule: ScheduleOption = None,
-    batch_fraction: BatchFractionOption = None,
-    coil_energy: CoilEnergyOption = None,
-    precision: PrecisionOption = None,
-    early_stop: EarlyStopOption = None,
-    readout_oversampling: OversamplingOption = None,
-    slices_per_batch: SliceBatchOption = None,
+    faithful: flags.FaithfulFlag = False,
+    learning_rate: flags.LearningRateOption = None,
+    lr_schedule: flags.ScheduleOption = None,
+    batch_fraction: flags.BatchFractionOption = None,
+    coil_energy: flags.CoilEnergyOption = None,
+    precision: flags.PrecisionOption = None,
+    early_stop: flags.EarlyStopOption = None,
+    readout_oversampling: flags.OversamplingOption = None,
+    slices_per_batch: flags.SliceBatchOption = None,
     json: JsonFlag = False,
 ) -> None:
     """Reconstruct one scan file now, on this machine."""
@@ -89,17 +78,7 @@ def run(
     output = Output(json)
     settings = load_settings()
     method = method or settings.method
-    training = training_overrides(
-        faithful=faithful,
-        learning_rate=learning_rate,
-        lr_schedule=lr_schedule,
-        batch_fraction=batch_fraction,
-        coil_energy=coil_energy,
-        precision=precision,
-        early_stop=early_stop,
-        readout_oversampling=readout_oversampling,
-        slices_per_batch=slices_per_batch,
-    )
+    training = flags.training_overrides(locals())
     options = ReconOptions(
         method=method,
         acceleration=accel,

@@ -7,20 +7,9 @@ from typing import Annotated
 
 import typer
 
+from mrictl.cli import training_options as flags
 from mrictl.cli.common import DeviceOption, JsonFlag
 from mrictl.cli.recon import AccelOption, AcsOption, IterationsOption, progress_reporter
-from mrictl.cli.training_options import (
-    BatchFractionOption,
-    CoilEnergyOption,
-    EarlyStopOption,
-    FaithfulFlag,
-    LearningRateOption,
-    OversamplingOption,
-    PrecisionOption,
-    ScheduleOption,
-    SliceBatchOption,
-    training_overrides,
-)
 from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
 
@@ -33,32 +22,22 @@ def train(
     acs: AcsOption = None,
     device: DeviceOption = None,
     iterations: IterationsOption = None,
-    faithful: FaithfulFlag = False,
-    learning_rate: LearningRateOption = None,
-    lr_schedule: ScheduleOption = None,
-    batch_fraction: BatchFractionOption = None,
-    coil_energy: CoilEnergyOption = None,
-    precision: PrecisionOption = None,
-    early_stop: EarlyStopOption = None,
-    readout_oversampling: OversamplingOption = None,
-    slices_per_batch: SliceBatchOption = None,
+    faithful: flags.FaithfulFlag = False,
+    learning_rate: flags.LearningRateOption = None,
+    lr_schedule: flags.ScheduleOption = None,
+    batch_fraction: flags.BatchFractionOption = None,
+    coil_energy: flags.CoilEnergyOption = None,
+    precision: flags.PrecisionOption = None,
+    early_stop: flags.EarlyStopOption = None,
+    readout_oversampling: flags.OversamplingOption = None,
+    slices_per_batch: flags.SliceBatchOption = None,
     json: JsonFlag = False,
 ) -> None:
     """Train RAKI networks on a scan's ACS and save them (apply with `recon run --weights`)."""
     from mrictl.training import train_file
 
     output = Output(json)
-    training = training_overrides(
-        faithful=faithful,
-        learning_rate=learning_rate,
-        lr_schedule=lr_schedule,
-        batch_fraction=batch_fraction,
-        coil_energy=coil_energy,
-        precision=precision,
-        early_stop=early_stop,
-        readout_oversampling=readout_oversampling,
-        slices_per_batch=slices_per_batch,
-    )
+    training = flags.training_overrides(locals())
     with output.progress(f"training {method}", total=None) as update:
         document = train_file(
             source,

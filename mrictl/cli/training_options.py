@@ -1,4 +1,4 @@
-"""The RAKI training flags shared by `recon run` and `train`: each speed lever, by name.
+"""The RAKI training flags shared by `recon run`, `train` and `bench`: each speed lever, by name.
 
 Every flag left out keeps the library default (`raki.train.TrainingConfig`); `--faithful`
 starts from the paper's configuration instead. The flags only say what to change, so the
@@ -7,6 +7,7 @@ defaults stay in one place.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -82,30 +83,30 @@ SliceBatchOption = Annotated[
 ]
 
 
-def training_overrides(
-    *,
-    faithful: bool = False,
-    learning_rate: float | None = None,
-    lr_schedule: Schedule | None = None,
-    batch_fraction: float | None = None,
-    coil_energy: float | None = None,
-    precision: Precision | None = None,
-    early_stop: int | None = None,
-    readout_oversampling: float | None = None,
-    slices_per_batch: int | None = None,
-) -> dict[str, Any]:
-    """The TrainingConfig fields the flags set ("faithful": True starts from the paper's)."""
-    chosen = {
-        "learning_rate": learning_rate,
-        "lr_schedule": lr_schedule.value if lr_schedule else None,
-        "batch_fraction": batch_fraction,
-        "coil_energy": coil_energy,
-        "precision": precision.value if precision else None,
-        "early_stop_patience": early_stop,
-        "readout_oversampling": readout_oversampling,
-        "slices_per_batch": slices_per_batch,
-    }
-    overrides: dict[str, Any] = {key: value for key, value in chosen.items() if value is not None}
-    if faithful:
+# Flag parameter name -> TrainingConfig field.
+FIELDS = {
+    "learning_rate": "learning_rate",
+    "lr_schedule": "lr_schedule",
+    "batch_fraction": "batch_fraction",
+    "coil_energy": "coil_energy",
+    "precision": "precision",
+    "early_stop": "early_stop_patience",
+    "readout_oversampling": "readout_oversampling",
+    "slices_per_batch": "slices_per_batch",
+}
+
+
+def training_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrainingConfig fields a command's flags set ("faithful": True starts from the paper's).
+
+    `flags` is the command's parameters (its `locals()`); names that are not training flags and
+    flags left out (None) are ignored, so each command declares only the flags it offers.
+    """
+    overrides: dict[str, Any] = {}
+    for name, field in FIELDS.items():
+        value = flags.get(name)
+        if value is not None:
+            overrides[field] = value.value if isinstance(value, StrEnum) else value
+    if flags.get("faithful"):
         overrides["faithful"] = True
     return overrides
