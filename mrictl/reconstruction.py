@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mrictl.errors import ExitCode, MrictlError
+from raki.errors import InvalidScanError
 from raki.fft import rss_image
 from raki.io import read_scan
 from raki.io.reconstruction import write_reconstruction
@@ -51,7 +52,15 @@ def training_config(overrides: dict[str, Any]) -> TrainingConfig:
         raise MrictlError(
             f"unknown training settings: {', '.join(sorted(unknown))}", ExitCode.USAGE
         )
-    return replace(base, **fields)
+    config = replace(base, **fields)
+    try:
+        config.validate()
+    except InvalidScanError as error:
+        raise MrictlError(str(error), ExitCode.USAGE) from None
+    except TypeError:
+        message = "training settings have values of the wrong type"
+        raise MrictlError(message, ExitCode.USAGE) from None
+    return config
 
 
 @dataclass

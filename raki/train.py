@@ -139,6 +139,58 @@ class TrainingConfig:
             readout_oversampling=1.0,
         )
 
+    def validate(self) -> None:
+        """Raise InvalidScanError (one line) for a value training cannot use, before any work."""
+        problems = [
+            (
+                not (isinstance(self.iterations, int) and self.iterations >= 1),
+                f"iterations must be an integer >= 1, got {self.iterations!r}",
+            ),
+            (
+                not 0.0 < self.learning_rate <= 1.0,
+                f"learning_rate must lie in (0, 1], got {self.learning_rate}",
+            ),
+            (
+                not 0.0 <= self.grappa_share <= 1.0,
+                f"grappa_share must lie in [0, 1], got {self.grappa_share}",
+            ),
+            (
+                self.precision not in PRECISIONS,
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+            ),
+            (
+                self.lr_schedule not in LR_SCHEDULES,
+                f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}",
+            ),
+            (
+                not 0.0 < self.batch_fraction <= 1.0,
+                f"batch_fraction must lie in (0, 1], got {self.batch_fraction}",
+            ),
+            (
+                self.coil_energy is not None and not 0.0 < self.coil_energy <= 1.0,
+                f"coil_energy must lie in (0, 1], got {self.coil_energy}",
+            ),
+            (
+                self.readout_oversampling is not None and self.readout_oversampling < 1.0,
+                f"readout_oversampling must be >= 1, got {self.readout_oversampling}",
+            ),
+            (
+                self.early_stop_patience is not None and self.early_stop_patience < 1,
+                f"early_stop_patience must be >= 1, got {self.early_stop_patience}",
+            ),
+            (
+                self.slices_per_batch is not None and self.slices_per_batch < 1,
+                f"slices_per_batch must be >= 1, got {self.slices_per_batch}",
+            ),
+            (
+                self.warm_start and self.coil_energy is not None,
+                "warm_start needs the physical coils: each slice's compressed coil basis differs",
+            ),
+        ]
+        for failed, reason in problems:
+            if failed:
+                raise InvalidScanError(reason)
+
     def as_dict(self) -> dict[str, object]:
         values = asdict(self)
         values["hidden"] = list(self.hidden)
@@ -359,24 +411,7 @@ def train_scan(
         )
     check_trainable(scan)
     config = config or TrainingConfig()
-    if not 0.0 <= config.grappa_share <= 1.0:
-        raise InvalidScanError(f"grappa_share must lie in [0, 1], got {config.grappa_share}")
-    if config.precision not in PRECISIONS:
-        raise InvalidScanError(
-            f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}"
-        )
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise InvalidScanError(
-            f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}"
-        )
-    if not 0.0 < config.batch_fraction <= 1.0:
-        raise InvalidScanError(f"batch_fraction must lie in (0, 1], got {config.batch_fraction}")
-    if config.slices_per_batch is not None and config.slices_per_batch < 1:
-        raise InvalidScanError(f"slices_per_batch must be >= 1, got {config.slices_per_batch}")
-    if config.warm_start and config.coil_energy is not None:
-        raise InvalidScanError(
-            "warm_start needs the physical coils: each slice's compressed coil basis differs"
-        )
+    config.validate()
     if iterations is not None:
         if iterations < 1:
             raise InvalidScanError(f"iterations must be >= 1, got {iterations}")

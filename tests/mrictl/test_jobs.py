@@ -105,6 +105,15 @@ def test_submit_refuses_bad_requests(backend, tmp_path):
         jobs.submit(backend, scan_file, "zerofill", {"turbo": True})
     with pytest.raises(MrictlError, match="must be a int"):
         jobs.submit(backend, scan_file, "zerofill", {"acceleration": "4"})
+    for training, reason in (
+        ({"turbo": 1}, "unknown training settings: turbo"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of"),
+        ({"batch_fraction": 0}, "batch_fraction must lie in"),
+        ({"learning_rate": "fast"}, "wrong type"),
+    ):
+        with pytest.raises(MrictlError, match=reason) as refused:
+            jobs.submit(backend, scan_file, "rraki", {"training": training})
+        assert refused.value.exit_code == ExitCode.USAGE
     with pytest.raises(MrictlError) as unknown:
         jobs.submit(backend, "scan-0123456789abcdef", "zerofill")
     assert unknown.value.exit_code == ExitCode.NOT_FOUND
