@@ -403,8 +403,12 @@ def train_scan(
     iterations: int | None = None,
     progress: ProgressCallback | None = None,
     config: TrainingConfig | None = None,
+    observer: Observer | None = None,
 ) -> RakiWeights:
-    """Train every slice's networks on its ACS; the weights can be saved and applied later."""
+    """Train every slice's networks on its ACS; the weights can be saved and applied later.
+
+    `observer` sees the networks of slices trained one at a time (benchmarks score them).
+    """
     if method not in NEURAL_METHODS:
         raise InvalidScanError(
             f"method {method!r} has no networks to train; choose one of {', '.join(NEURAL_METHODS)}"
@@ -459,6 +463,7 @@ def train_scan(
             progress=progress,
             slice_index=first,
             initial_state=state_dicts[-1] if config.warm_start and state_dicts else None,
+            observer=observer,
         )
         state_dicts.append({k: v.detach().cpu() for k, v in networks.state_dict().items()})
         scales.append(scale)

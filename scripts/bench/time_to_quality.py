@@ -31,18 +31,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import machine
 
-from raki.coils import fit_compression
 from raki.device import resolve_device
 from raki.fft import rss_image
-from raki.grappa import reconstruct_grappa
+from raki.grappa import fit_grappa
 from raki.metrics import nmse
-from raki.model import build_networks
-from raki.oversampling import crop_readout, cropped_readout, restore_readout
+from raki.oversampling import cropped_readout
 from raki.phantom import simulate_scan
-from raki.recon import fill_slice, lattice_offset
+from raki.recon import apply_weights
 from raki.runtime import tune_process
 from raki.scan import Scan
-from raki.train import TrainingConfig, readout_factor, train_slice
+from raki.train import TrainingConfig, train_scan
 
 FAITHFUL = TrainingConfig.faithful()
 DEFAULT = TrainingConfig()
@@ -114,19 +112,15 @@ def run_config(
     every: int,
     device: torch.device,
 ) -> dict[str, object]:
-    """Train once, copying the networks every `every` iterations; score every copy."""
-    start = time.perf_counter()
-    full_scan = scan
-    scan = crop_readout(scan, readout_factor(scan, method, config.readout_oversampling))
-    kspace = scan.kspace[0]
-    acs = scan.acs_kspace()[0]
-    compression = None
-    if coil_energy is not None:
-        compression = fit_compression(scan.acs_kspace(), coil_energy)
-        acs = compression.compress(scan.acs_kspace())[0]
-        kspace = compression.compress(scan.kspace)[0]
+    """Train once, copying the networks every `every` iterations; score every copy.
+
+    Training and applying are the library's own (`train_scan`, `apply_weights`): each copy is
+    applied as the trained weights with that copy's networks in place of the final ones.
+    """
+    config = replace(config, coil_energy=coil_energy)
     snapshots: list[tuple[int, float, dict[str, torch.Tensor]]] = []
     paused = 0.0
+    start = time.perf_counter()
 
     def observer(done: int, networks: torch.nn.Module) -> None:
         nonlocal paused
@@ -136,30 +130,22 @@ def run_config(
             snapshots.append((done, entered - start - paused, state))
         paused += time.perf_counter() - entered
 
-    _, scale, curve = train_slice(acs, scan.acceleration, method, config, device, observer=observer)
-    linear, grappa_seconds = None, 0.0
-    if method == "rraki" and config.grappa_share > 0:
+    weights = train_scan(scan, method, device=str(device), config=config, observer=observer)
+    train_seconds = time.perf_counter() - start - paused
+    # The GRAPPA half of rraki is fitted after the networks: timed again here, it is added to
+    # each copy's time with the application.
+    grappa_seconds = 0.0
+    if weights.grappa is not None:
         fitted = time.perf_counter()
-        linear = reconstruct_grappa(scan)[0]  # part of the method: counted with applying
+        fit_grappa(weights.network_scan(scan))
         grappa_seconds = time.perf_counter() - fitted
-    train_seconds = time.perf_counter() - start - paused - grappa_seconds
-    offset = lattice_offset(scan)
+    fov = recon_fov(scan)
     points, apply_seconds = [], 0.0
     for done, seconds, state in snapshots:
-        networks = build_networks(method, acs.shape[0], scan.acceleration, config.hidden)
-        networks.load_state_dict(state)
+        copy = replace(weights, state_dicts=[state])
         applied = time.perf_counter()
-        predicted = fill_slice(networks.eval(), kspace, scan.acceleration, offset, scale, device)
-        if compression is not None:
-            predicted = compression.expand(predicted[None], slices=slice(0, 1))[0]
-        filled = np.where(scan.sampled, scan.kspace[0], predicted)
-        if linear is not None:
-            filled = linear + (1 - config.grappa_share) * (filled - linear)
-        if scan is not full_scan:
-            filled = restore_readout(full_scan, filled[None])[0]
-        image = rss_image(filled[None])
+        image = rss_image(apply_weights(scan, copy, str(device)))
         apply_seconds = time.perf_counter() - applied
-        fov = recon_fov(full_scan)
         points.append(
             {
                 "iteration": done,
@@ -170,13 +156,13 @@ def run_config(
         )
     return {
         "method": method,
-        "config": {**asdict(config), "coil_energy": coil_energy},
-        "virtual_coils": None if compression is None else compression.num_virtual,
+        "config": asdict(config),
+        "virtual_coils": weights.metadata()["virtual_coils"],
         "train_s": train_seconds,
         "apply_s": apply_seconds + grappa_seconds,
         "final_nmse": points[-1]["nmse"],
         "final_nmse_fov": points[-1]["nmse_fov"],
-        "final_loss": curve[-1],
+        "final_loss": weights.loss_curves[0][-1],
         "curve": points,
     }
 
