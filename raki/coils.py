@@ -114,9 +114,3 @@ def compress_scan(scan: Scan, compression: CoilCompression) -> Scan:
             f"{compression.num_physical} coils, the scan has {scan.num_slices} of {scan.num_coils}"
         )
     return scan.replace(kspace=compression.compress(scan.kspace))
-
-
-def expand_filled(scan: Scan, compression: CoilCompression, filled: np.ndarray) -> np.ndarray:
-    """Physical k-space from virtual `filled`: skipped lines from U y, acquired ones as measured."""
-    physical = compression.expand(filled)
-    return np.where(scan.sampled, scan.kspace, physical).astype(np.complex64)

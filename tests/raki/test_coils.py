@@ -7,7 +7,6 @@ import pytest
 
 from raki.coils import (
     compress_scan,
-    expand_filled,
     fit_compression,
     virtual_coil_count,
 )
@@ -48,15 +47,6 @@ def test_round_trip_keeps_the_image_and_the_coil_count(scan):
     expanded = compression.expand(virtual.kspace)
     assert expanded.shape == scan.kspace.shape
     assert nmse(rss_image(scan.kspace), rss_image(expanded)) < 0.01
-
-
-def test_expand_filled_keeps_acquired_lines_as_measured(scan):
-    compression = fit_compression(scan.acs_kspace(), num_virtual=5)
-    virtual = compress_scan(scan, compression)
-    filled = expand_filled(scan, compression, np.ones_like(virtual.kspace))
-    assert filled.shape == scan.kspace.shape
-    np.testing.assert_array_equal(filled[..., scan.sampled], scan.kspace[..., scan.sampled])
-    assert np.all(filled[..., ~scan.sampled] != 0)
 
 
 def test_refusals(scan):
