@@ -197,21 +197,34 @@ def calibrate_grappa(
     )[0]
 
 
-def calibrate_grappa_with_lambda(
-    acs: np.ndarray,
-    acceleration: int,
-    *,
-    kernel_size: KernelSize = DEFAULT_KERNEL_SIZE,
-    regularization: float | None = DEFAULT_REGULARIZATION,
-) -> tuple[np.ndarray, float]:
-    """`calibrate_grappa`, also returning the lambda used (the automatic one when None)."""
+@dataclass(frozen=True)
+class _CalibrationSystem:
+    """The normal equations of one ACS block's GRAPPA fit and what lambda's rule reads."""
+
+    gram: np.ndarray
+    cross: np.ndarray
+    eigenvalues: np.ndarray  # of gram, ascending
+    line_energy: np.ndarray  # ACS energy per ky line
+    fit_rows: int
+    acceleration: int
+    num_coils: int
+    readout_points: int
+    kernel_lines: int
+
+    def automatic_lambda(self) -> float:
+        # Fewer fit rows than unknowns leave exact zeros that are no noise floor: skip them.
+        ranked = self.eigenvalues[-min(self.eigenvalues.size, self.fit_rows) :]
+        return auto_regularization(ranked, self.line_energy, self.acceleration)
+
+
+def _calibration_system(
+    acs: np.ndarray, acceleration: int, kernel_size: KernelSize
+) -> _CalibrationSystem:
     acs = np.asarray(acs)
     if acs.ndim != 3 or not np.iscomplexobj(acs):
         raise InvalidScanError(f"ACS must be complex [coil, kx, acs lines], got shape {acs.shape}")
     acceleration = _check_acceleration(acceleration)
     readout_points, kernel_lines = _check_kernel_size(kernel_size)
-    if regularization is not None and not (np.isfinite(regularization) and regularization >= 0):
-        raise InvalidScanError(f"regularization must be finite and >= 0, got {regularization}")
     num_coils, num_kx, num_lines = acs.shape
     needed = minimum_acs_lines(acceleration, kernel_lines)
     if num_lines < needed:
@@ -231,11 +244,47 @@ def calibrate_grappa_with_lambda(
     eigenvalues = np.linalg.eigvalsh(gram)
     if eigenvalues[-1] <= 0.0:
         raise InvalidScanError("the ACS block is all zeros: nothing to calibrate GRAPPA on")
+    return _CalibrationSystem(
+        gram=gram,
+        cross=cross,
+        eigenvalues=eigenvalues,
+        line_energy=np.sum(np.abs(acs) ** 2, axis=(0, 1)),
+        fit_rows=num_kx * bases.size,
+        acceleration=acceleration,
+        num_coils=num_coils,
+        readout_points=readout_points,
+        kernel_lines=kernel_lines,
+    )
+
+
+def automatic_lambda(
+    acs: np.ndarray, acceleration: int, *, kernel_size: KernelSize = DEFAULT_KERNEL_SIZE
+) -> float:
+    """The lambda (relative to s_max^2) that `calibrate_grappa` chooses for this ACS block.
+
+    Residual RAKI damps its linear branch's starting fit with it: the rule was measured on
+    images, and a linear kernel over a similar neighbourhood amplifies noise the same way.
+    """
+    return _calibration_system(acs, acceleration, kernel_size).automatic_lambda()
+
+
+def calibrate_grappa_with_lambda(
+    acs: np.ndarray,
+    acceleration: int,
+    *,
+    kernel_size: KernelSize = DEFAULT_KERNEL_SIZE,
+    regularization: float | None = DEFAULT_REGULARIZATION,
+) -> tuple[np.ndarray, float]:
+    """`calibrate_grappa`, also returning the lambda used (the automatic one when None)."""
+    if regularization is not None and not (np.isfinite(regularization) and regularization >= 0):
+        raise InvalidScanError(f"regularization must be finite and >= 0, got {regularization}")
+    system = _calibration_system(acs, acceleration, kernel_size)
+    gram, cross, eigenvalues = system.gram, system.cross, system.eigenvalues
     if regularization is None:
-        # Fewer fit rows than unknowns leave exact zeros that are no noise floor: skip them.
-        ranked = eigenvalues[-min(gram.shape[0], num_kx * bases.size) :]
-        line_energy = np.sum(np.abs(acs) ** 2, axis=(0, 1))
-        regularization = auto_regularization(ranked, line_energy, acceleration)
+        regularization = system.automatic_lambda()
+    num_coils = system.num_coils
+    kernel_lines = system.kernel_lines
+    readout_points = system.readout_points
     # One kernel per set of available source lines (all of them, or fewer at the ky edges);
     # the absent lines' weights stay zero so that every variant has the same shape.
     line_of_column = np.tile(np.arange(kernel_lines), num_coils * readout_points)

@@ -15,7 +15,8 @@ norm and the squared norm differ in how the step size evolves as the error falls
 8-coil brain at R=4 the norm gave NMSE 0.0087 against 0.0090 for the sum of squares.
 
 Residual RAKI (Zhang et al., NeuroImage 2022) adds a linear kernel over the same receptive field;
-it starts at the regularised least-squares (GRAPPA) solution and is trained jointly with the CNN
+it starts at a complex, GRAPPA-damped least-squares solution (`raki.linear_branch`) and is
+trained jointly with the CNN
 on the loss  ||total error|| + linear_weight ||linear error||. rRAKI weights also hold our GRAPPA
 kernel (`raki.grappa.fit_grappa`), whose prediction `raki.recon` averages with the networks'.
 """
@@ -27,7 +28,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional
 
 from raki.coils import fit_compression
 from raki.device import resolve_device
@@ -43,7 +43,8 @@ from raki.fit import (
     network_error_norms,
     readout_patches,
 )
-from raki.grappa import fit_grappa
+from raki.grappa import DEFAULT_KERNEL_SIZE, automatic_lambda, fit_grappa
+from raki.linear_branch import fit_linear_kernel
 from raki.model import (
     HIDDEN_CHANNELS,
     KX_MARGIN,
@@ -92,9 +93,10 @@ class TrainingConfig:
     # rRAKI: weight of the linear branch's own error in the loss (Zhang et al. 2022). 0 measured
     # best on the noisy 8-coil brain (NMSE 0.0094 against 0.0120 with 1) and equal elsewhere.
     linear_weight: float = 0.0
-    # rRAKI: Tikhonov weight, relative to the mean feature energy, of the least-squares fit
-    # that starts the linear branch at the GRAPPA solution.
-    linear_regularization: float = 1e-3
+    # rRAKI: Tikhonov weight, relative to s_max^2, of the complex least-squares fit that
+    # starts the linear branch (raki.linear_branch); None: our GRAPPA's automatic lambda for
+    # each slice's ACS (raki.grappa.automatic_lambda).
+    linear_regularization: float | None = None
     # rRAKI: share of our GRAPPA (raki.grappa, its own kernel and lambda) in the output; the
     # rest is the rRAKI networks' prediction. 0.5 was never worse than GRAPPA on the shared
     # sets and better on all but one (see `raki.recon`).
@@ -179,6 +181,10 @@ class TrainingConfig:
                 f"early_stop_patience must be >= 1, got {self.early_stop_patience}",
             ),
             (
+                self.linear_regularization is not None and not self.linear_regularization >= 0,
+                f"linear_regularization must be >= 0, got {self.linear_regularization}",
+            ),
+            (
                 self.slices_per_batch is not None and self.slices_per_batch < 1,
                 f"slices_per_batch must be >= 1, got {self.slices_per_batch}",
             ),
@@ -254,26 +260,6 @@ def training_pair(
     return acs_channels[None], targets.reshape(1, channels * (acceleration - 1), kx - 6, positions)
 
 
-def fit_linear_kernel(
-    inputs: torch.Tensor, targets: torch.Tensor, acceleration: int, regularization: float
-) -> torch.Tensor:
-    """Least-squares (Tikhonov) linear kernel [out, in, 7, 3] over the CNN's receptive field.
-
-    This is GRAPPA with real and imaginary parts as separate channels, solved in float64.
-    """
-    patches = functional.unfold(
-        inputs.double(), (RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES), dilation=(1, acceleration)
-    )[0]
-    wanted = targets.double().reshape(targets.shape[1], -1)
-    gram = patches @ patches.T
-    damping = regularization * torch.trace(gram) / gram.shape[0]
-    gram += damping * torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    kernel = torch.linalg.solve(gram, patches @ wanted.T).T
-    return kernel.reshape(
-        targets.shape[1], inputs.shape[1], RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES
-    ).to(inputs.dtype)
-
-
 def _start_networks(
     acs: np.ndarray,
     acceleration: int,
@@ -290,9 +276,13 @@ def _start_networks(
     if initial_state is not None:
         networks.load_state_dict(initial_state)
     if isinstance(networks, ResidualRakiNetworks):
+        regularization = config.linear_regularization
+        if regularization is None:
+            kernel_size = (min(DEFAULT_KERNEL_SIZE[0], acs.shape[1]), DEFAULT_KERNEL_SIZE[1])
+            regularization = automatic_lambda(acs, acceleration, kernel_size=kernel_size)
         with torch.no_grad():
             networks.linear.weight.copy_(
-                fit_linear_kernel(inputs, targets, acceleration, config.linear_regularization)
+                fit_linear_kernel(inputs, targets, acceleration, regularization)
             )
     return networks, scale, inputs, targets
 

@@ -12,7 +12,6 @@ from raki.scan import Scan
 from raki.train import (
     TrainingConfig,
     check_trainable,
-    fit_linear_kernel,
     fit_networks,
     minimum_acs_lines,
     train_scan,
@@ -70,17 +69,6 @@ def test_loss_falls_and_progress_is_reported_every_ten_iterations():
     assert len(curve) == 25 and curve[-1] < curve[0]
     assert [r["iteration"] for r in reports] == [10, 20, 25]
     assert reports[-1] == {"slice": 0, "iteration": 25, "iterations": 25, "loss": curve[-1]}
-
-
-def test_linear_kernel_recovers_an_exact_linear_relation():
-    """On data that a 7 x 3 kernel explains exactly, the least-squares fit finds that kernel."""
-    generator = torch.Generator().manual_seed(3)
-    acs = torch.randn(4, 20, 12, generator=generator, dtype=torch.float64)
-    inputs, _ = training_pair(acs, 2)
-    kernel = torch.randn(4, 4, 7, 3, generator=generator, dtype=torch.float64)
-    targets = torch.nn.functional.conv2d(inputs, kernel, dilation=(1, 2))
-    fitted = fit_linear_kernel(inputs, targets, 2, regularization=0.0)
-    torch.testing.assert_close(fitted, kernel)
 
 
 def test_train_scan_records_what_it_trained_on():
