@@ -1,12 +1,16 @@
-"""Where residual RAKI's linear branch starts: GRAPPA over the networks' receptive field.
+"""Where residual RAKI's linear branch starts: a GRAPPA kernel inside the networks' field.
 
-The linear branch is a real convolution on the 2 Nc real/imaginary channels, but k-space
-relations between coils are complex-linear: a complex weight w acts on a sample x as
-(Re w Re x - Im w Im x) + i (Im w Re x + Re w Im x). A real kernel has twice the freedom, which
-the few ACS positions cannot pin down: started from a real least-squares fit, the default
-method lost to GRAPPA alone by 2-117% on five of the quality grid's 19 cases. Started from the
-complex fit below, damped with GRAPPA's own automatic lambda (relative to s_max^2), it lost on
-two (docs/benchmarks.md). Training then moves the branch freely: this is only its start.
+The branch is a real 7 x 3 convolution over lattice lines y, y + R, y + 2R (the CNN's receptive
+field) predicting lines y + 1 .. y + R - 1. It starts as GRAPPA would: a complex-linear kernel
+(k-space relations between coils are complex-linear; a real kernel has twice the freedom) over
+the two lines around the gap, y and y + R, fitted by Tikhonov least squares at every ACS
+position where those two lines fit (R more positions than three lines allow), damped with our
+GRAPPA's automatic lambda. The third line's weights start at zero; training moves all of them.
+
+Measured (docs/benchmarks.md): started from a real least-squares fit over all three lines, the
+default method lost to GRAPPA alone by 2-117% on five of the quality grid's 19 cases; the
+branch's start alone was 1.1-6.6x GRAPPA's NMSE there. This start is within 0-16% of GRAPPA
+on the real sets before any training.
 """
 
 from __future__ import annotations
@@ -14,62 +18,84 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from raki.model import RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES
+from raki.model import KX_MARGIN, RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES
+
+# Source lines of the starting kernel: the two lattice lines around the gap.
+BRACKET_LINES = 2
 
 
-def lattice_patches(inputs: torch.Tensor, acceleration: int) -> torch.Tensor:
-    """Complex patches [coil x 7 x 3, positions] of the real ACS channels [1, 2 Nc, kx, L]."""
-    coils = inputs.shape[1] // 2
-    channels = inputs[0].to(torch.float64)
-    shape, dilation = (RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES), (1, acceleration)
-    real = functional.unfold(channels[None, :coils], shape, dilation=dilation)[0]
-    imag = functional.unfold(channels[None, coils:], shape, dilation=dilation)[0]
-    return torch.complex(real, imag)
+def complex_channels(channels: torch.Tensor) -> torch.Tensor:
+    """Real/imaginary channels [2 Nc, ...] (`raki.model.to_channels`) as complex [Nc, ...]."""
+    coils = channels.shape[0] // 2
+    channels = channels.to(torch.float64)
+    return torch.complex(channels[:coils], channels[coils:])
 
 
-def complex_targets(targets: torch.Tensor) -> torch.Tensor:
-    """Targets [1, 2 Nc (R-1), kx', P] (channel-major) as complex [Nc (R-1), positions]."""
-    _, outputs, *_ = targets.shape
-    channels = targets[0].to(torch.float64).reshape(2, outputs // 2, -1)
-    return torch.complex(channels[0], channels[1])
+def bracket_system(acs: torch.Tensor, acceleration: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Complex patches [Nc x 7 x 2, positions] and targets [Nc (R-1), positions] of the ACS.
+
+    `acs` is complex [Nc, kx, L]; a position is a readout row with its 7-point neighbourhood
+    inside the block and a ky line y with y + R inside it; its targets are lines y + 1 .. y + R - 1.
+    """
+    coils, kx, lines = acs.shape
+    positions = lines - acceleration
+    window = acs[None, :, :, : positions + acceleration]
+    shape, dilation = (RECEPTIVE_KX, BRACKET_LINES), (1, acceleration)
+    patches = torch.complex(
+        functional.unfold(window.real, shape, dilation=dilation)[0],
+        functional.unfold(window.imag, shape, dilation=dilation)[0],
+    )
+    rows = slice(KX_MARGIN, kx - KX_MARGIN)
+    targets = torch.stack(
+        [acs[:, rows, offset : offset + positions] for offset in range(1, acceleration)], dim=1
+    )
+    return patches, targets.reshape(coils * (acceleration - 1), -1)
 
 
-def real_kernel(complex_kernel: torch.Tensor, coils: int, acceleration: int) -> torch.Tensor:
-    """Complex weights [Nc (R-1), Nc x 7 x 3] as the real convolution [2 Nc (R-1), 2 Nc, 7, 3].
+def real_kernel(complex_kernel: torch.Tensor, acceleration: int) -> torch.Tensor:
+    """Complex weights [Nc (R-1), Nc, 7, 3] as the real convolution [2 Nc (R-1), 2 Nc, 7, 3].
 
+    A complex weight w acts on x as (Re w Re x - Im w Im x) + i (Im w Re x + Re w Im x).
     Output channel (part, coil, offset) and input channel (part, coil) follow
     `raki.model.to_channels`: real parts first, then imaginary.
     """
-    weights = complex_kernel.reshape(
-        coils, acceleration - 1, coils, RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES
-    )
+    outputs, coils, *taps = complex_kernel.shape
+    weights = complex_kernel.reshape(coils, acceleration - 1, coils, *taps)
     real, imag = weights.real, weights.imag
     blocks = torch.stack([torch.stack([real, -imag]), torch.stack([imag, real])])
     # [out part, in part, coil, offset, coil', kx, lines]
     #   -> [(out part, coil, offset), (in part, coil'), kx, lines]
-    blocks = blocks.permute(0, 2, 3, 1, 4, 5, 6)
-    return blocks.reshape(
-        2 * coils * (acceleration - 1), 2 * coils, RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES
-    )
+    return blocks.permute(0, 2, 3, 1, 4, 5, 6).reshape(2 * outputs, 2 * coils, *taps)
 
 
-def fit_linear_kernel(
-    inputs: torch.Tensor, targets: torch.Tensor, acceleration: int, regularization: float
-) -> torch.Tensor:
-    """Complex Tikhonov least squares over the receptive field, as a real kernel [out, in, 7, 3].
-
-    `regularization` is lambda relative to the largest eigenvalue of P P^H (as in
-    `raki.grappa`); 0 gives the minimum-norm solution. Solved in float64.
-    """
-    patches = lattice_patches(inputs, acceleration)
-    wanted = complex_targets(targets)
+def tikhonov(patches: torch.Tensor, targets: torch.Tensor, regularization: float) -> torch.Tensor:
+    """W minimising |targets - W patches|^2 + lambda s_max^2 |W|^2 (0: minimum-norm W)."""
     gram = patches @ patches.conj().T
     largest = float(torch.linalg.eigvalsh(gram)[-1])
-    rhs = patches @ wanted.conj().T  # the fit is wanted = W patches, i.e. gram W^H = rhs
+    rhs = patches @ targets.conj().T  # gram W^H = rhs
     if regularization > 0 and largest > 0:
         gram = gram + regularization * largest * torch.eye(gram.shape[0], dtype=gram.dtype)
         adjoint = torch.linalg.solve(gram, rhs)
     else:
         adjoint = torch.linalg.pinv(gram, hermitian=True) @ rhs
-    coils = inputs.shape[1] // 2
-    return real_kernel(adjoint.conj().T, coils, acceleration).to(inputs.dtype)
+    return adjoint.conj().T
+
+
+def fit_linear_kernel(
+    inputs: torch.Tensor, acceleration: int, regularization: float
+) -> torch.Tensor:
+    """The branch's start [2 Nc (R-1), 2 Nc, 7, 3] from the ACS channels [1, 2 Nc, kx, L].
+
+    `regularization` is lambda relative to s_max^2, as in `raki.grappa`. Solved in float64.
+    """
+    acs = complex_channels(inputs[0])
+    coils = acs.shape[0]
+    patches, targets = bracket_system(acs, acceleration)
+    bracket = tikhonov(patches, targets, regularization).reshape(
+        coils * (acceleration - 1), coils, RECEPTIVE_KX, BRACKET_LINES
+    )
+    kernel = torch.zeros(
+        *bracket.shape[:3], RECEPTIVE_LATTICE_LINES, dtype=bracket.dtype, device=bracket.device
+    )
+    kernel[..., :BRACKET_LINES] = bracket
+    return real_kernel(kernel, acceleration).to(inputs.dtype)

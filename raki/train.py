@@ -282,7 +282,7 @@ def _start_networks(
             regularization = automatic_lambda(acs, acceleration, kernel_size=kernel_size)
         with torch.no_grad():
             networks.linear.weight.copy_(
-                fit_linear_kernel(inputs, targets, acceleration, regularization)
+                fit_linear_kernel(inputs, acceleration, regularization)
             )
     return networks, scale, inputs, targets
 

@@ -1,56 +1,75 @@
-"""rRAKI's linear branch start: a complex-linear kernel as a real convolution, fitted exactly."""
+"""rRAKI's linear branch start: GRAPPA's complex two-line kernel inside the networks' field."""
 
 import numpy as np
 import torch
 from torch.nn import functional
 
-from raki.linear_branch import complex_targets, fit_linear_kernel, lattice_patches, real_kernel
+from raki.fft import rss_image
+from raki.grappa import reconstruct_grappa
+from raki.linear_branch import complex_channels, fit_linear_kernel, real_kernel, tikhonov
+from raki.metrics import nmse
 from raki.model import RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES, to_channels
-from raki.train import training_pair
+from raki.phantom import simulate_scan
+from raki.recon import blind_spots, fill_slice, lattice_offset
+from raki.train import TrainingConfig, _start_networks
 
 
-def random_acs(coils: int, kx: int, lines: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return rng.standard_normal((coils, kx, lines)) + 1j * rng.standard_normal((coils, kx, lines))
-
-
-def random_complex_kernel(coils: int, acceleration: int, seed: int) -> torch.Tensor:
+def complex_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    shape = (coils * (acceleration - 1), coils * RECEPTIVE_KX * RECEPTIVE_LATTICE_LINES)
     parts = torch.randn(2, *shape, generator=generator, dtype=torch.float64)
     return torch.complex(parts[0], parts[1])
 
 
 def test_the_real_convolution_computes_the_complex_product():
-    """conv2d with `real_kernel(W)` on real/imaginary channels is W times the complex patches."""
+    """conv2d with `real_kernel(W)` on real/imaginary channels is W applied to complex data."""
     coils, acceleration = 3, 3
-    acs = random_acs(coils, 12, 9, seed=1)
-    inputs = torch.from_numpy(to_channels(acs)).double()[None]
-    kernel = random_complex_kernel(coils, acceleration, seed=2)
-    convolved = functional.conv2d(
-        inputs, real_kernel(kernel, coils, acceleration), dilation=(1, acceleration)
+    acs = complex_noise((coils, 12, 9), seed=1)
+    kernel = complex_noise(
+        (coils * (acceleration - 1), coils, RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES), seed=2
     )
-    expected = kernel @ lattice_patches(inputs, acceleration)
-    torch.testing.assert_close(complex_targets(convolved), expected)
+    channels = torch.cat([acs.real, acs.imag])[None]
+    convolved = functional.conv2d(
+        channels, real_kernel(kernel, acceleration), dilation=(1, acceleration)
+    )
+    expected = functional.conv2d(acs[None], kernel, dilation=(1, acceleration))
+    torch.testing.assert_close(complex_channels(convolved[0]), expected[0])
 
 
-def test_an_exact_complex_relation_is_recovered():
-    """Targets that a complex 7 x 3 lattice kernel explains exactly give back that kernel."""
-    coils, acceleration = 2, 2
-    acs = random_acs(coils, 20, 16, seed=3)
-    inputs, _ = training_pair(torch.from_numpy(to_channels(acs)).double(), acceleration)
-    kernel = real_kernel(random_complex_kernel(coils, acceleration, seed=4), coils, acceleration)
-    targets = functional.conv2d(inputs, kernel, dilation=(1, acceleration))
-    fitted = fit_linear_kernel(inputs, targets, acceleration, regularization=0.0)
-    torch.testing.assert_close(fitted, kernel)
+def test_tikhonov_recovers_an_exact_relation_and_damping_shrinks_it():
+    patches = complex_noise((12, 80), seed=3)
+    truth = complex_noise((4, 12), seed=4)
+    torch.testing.assert_close(tikhonov(patches, truth @ patches, 0.0), truth)
+    norms = [float(tikhonov(patches, truth @ patches, lam).abs().norm()) for lam in (1e-3, 1, 100)]
+    assert norms == sorted(norms, reverse=True) and norms[-1] < 0.1 * float(truth.abs().norm())
 
 
-def test_damping_shrinks_the_kernel_towards_zero():
-    coils, acceleration = 2, 3
-    acs = random_acs(coils, 16, 12, seed=5)
-    inputs, targets = training_pair(torch.from_numpy(to_channels(acs)).double(), acceleration)
-    norms = [
-        float(fit_linear_kernel(inputs, targets, acceleration, lam).norm())
-        for lam in (0.0, 1e-3, 1e-1, 10.0)
-    ]
-    assert norms == sorted(norms, reverse=True) and norms[-1] < 0.1 * norms[0]
+def test_the_start_reads_two_lines_and_fills_as_well_as_grappa_where_it_sees_data():
+    """Before any training the branch alone matches GRAPPA, once the samples whose field
+    reaches past the k-space (`blind_spots`) take GRAPPA's prediction as rraki does."""
+    full = simulate_scan((64, 48), num_coils=6, snr=40.0, seed=5)
+    scan = full.undersampled(3, 16)
+    acs = scan.acs_kspace()[0]
+    inputs = torch.from_numpy(to_channels(acs / np.abs(acs).max()))[None]
+    kernel = fit_linear_kernel(inputs, 3, 1e-4)
+    assert kernel.shape == (2 * 6 * 2, 2 * 6, RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES)
+    assert torch.count_nonzero(kernel[..., 2]) == 0 and torch.count_nonzero(kernel[..., :2]) > 0
+
+    networks, scale, *_ = _start_networks(acs, 3, "rraki", TrainingConfig())
+    with torch.no_grad():
+        networks.cnn.layer3.weight.zero_()  # the branch alone
+    kspace, offset = scan.kspace[0], lattice_offset(scan)
+    predicted = fill_slice(networks, kspace, 3, offset, scale, torch.device("cpu"))
+    grappa = reconstruct_grappa(scan)
+    branch = np.where(blind_spots(scan.matrix, 3, offset), grappa[0], predicted)
+    branch = np.where(scan.sampled, kspace, branch)[None]
+    reference = rss_image(full.kspace)
+    grappa_error = nmse(reference, rss_image(grappa))
+    assert nmse(reference, rss_image(branch)) < 1.2 * grappa_error
+
+
+def test_blind_spots_are_the_readout_margins_and_the_lines_past_the_last_full_lattice():
+    blind = blind_spots((16, 12), 3, offset=1)  # acquired lines 1, 4, 7, 10
+    assert blind[:3].all() and blind[-3:].all()
+    inside = blind[3:-3]
+    # Line 0's anchor is -2 (outside); lines 1..6 use 1, 4, 7 or 4, 7, 10; 7.. need 13.
+    assert inside.all(axis=0).tolist() == [True] + [False] * 6 + [True] * 5
