@@ -7,10 +7,11 @@ the two lines around the gap, y and y + R, fitted by Tikhonov least squares at e
 position where those two lines fit (R more positions than three lines allow), damped with our
 GRAPPA's automatic lambda. The third line's weights start at zero; training moves all of them.
 
-Measured (docs/benchmarks.md): started from a real least-squares fit over all three lines, the
-default method lost to GRAPPA alone by 2-117% on five of the quality grid's 19 cases; the
-branch's start alone was 1.1-6.6x GRAPPA's NMSE there. This start is within 0-16% of GRAPPA
-on the real sets before any training.
+Measured (docs/benchmarks.md, `scripts/bench/linear_start.py`): started from a real least-squares
+fit over all three lines, the branch alone was 1.1-6.6x GRAPPA's image NMSE before training,
+and the default method lost to GRAPPA by 2-117% on five of the quality grid's 19 cases. This
+start is 1.00-1.43x GRAPPA alone, 0.99-1.05x with GRAPPA's prediction at the k-space edges
+(`raki.recon.blind_spots`), and the default loses on one of the 19.
 """
 
 from __future__ import annotations

@@ -8,20 +8,12 @@ The one entry point every caller (CLI, workers, benchmarks) uses. Methods:
   the CNN on its residual, whose prediction is averaged with our GRAPPA's (`grappa_share`
   0.5). The two err differently: on noisy data RAKI-type networks amplify noise less into the
   RSS image's structure but overshoot its noise floor, regularised GRAPPA shrinks towards zero;
-  on clean data GRAPPA is hard to beat and the average keeps its accuracy. Measured on the
-  shared sets (NMSE, 1000 iterations; GRAPPA = raki.grappa defaults):
-
-      set, R (ACS)          GRAPPA   RAKI     rRAKI nets  rraki (average)
-      8ch 320x168, 4 (32)   0.0115   0.0087   0.0094      0.0085
-      8ch 320x168, 5 (32)   0.0163   0.0181   0.0201      0.0138
-      16ch 96x96, 3 (24)    0.0001   0.0006   0.0002      0.0001
-      16ch 96x96, 4 (24)    0.00037  0.0019   0.00043     0.00027
-      16ch 64x64, 3 (24)    0.00062  0.0010   0.0005      0.00048
-      16ch 64x64, 4 (24)    0.0020   0.0034   0.0019      0.0016
-
-  Choosing the share by held-out ACS error was tried and rejected: the ACS is the high-signal
-  centre, so its held-out error favours the least regularised linear kernel and misses the
-  noise that decides the image on noisy data (it picked share ~1 where 0.5 is best).
+  on clean data GRAPPA is hard to beat and the average keeps its accuracy. On the quality grid
+  of docs/benchmarks.md (19 cases: shared sets at R = 3-6, noisy phantoms; 1000 iterations) it
+  beats our GRAPPA on 18 (0.64-0.98x its NMSE) and loses on one (+11%: a 64x64 prescan at
+  R = 5 with 20 ACS lines). Choosing the share by held-out ACS error was tried and rejected:
+  the ACS is the high-signal centre, so its held-out error misses the noise that decides the
+  image on noisy data (it picked share ~1 where 0.5 is best).
 - "grappa": `raki.grappa`; "zerofill": the floor.
 
 RAKI and rRAKI run their networks on the lattice of acquired lines only (the ky dilation R of

@@ -98,8 +98,8 @@ class TrainingConfig:
     # each slice's ACS (raki.grappa.automatic_lambda).
     linear_regularization: float | None = None
     # rRAKI: share of our GRAPPA (raki.grappa, its own kernel and lambda) in the output; the
-    # rest is the rRAKI networks' prediction. 0.5 was never worse than GRAPPA on the shared
-    # sets and better on all but one (see `raki.recon`).
+    # rest is the rRAKI networks' prediction. With 0.5 the default beats GRAPPA on 18 of the
+    # 19 quality-grid cases (see `raki.recon`).
     grappa_share: float = 0.5
     # SVD coil compression before training (raki.coils): the fraction of the ACS energy the
     # virtual coils keep; None trains on the physical coils, as the paper does.
@@ -281,9 +281,7 @@ def _start_networks(
             kernel_size = (min(DEFAULT_KERNEL_SIZE[0], acs.shape[1]), DEFAULT_KERNEL_SIZE[1])
             regularization = automatic_lambda(acs, acceleration, kernel_size=kernel_size)
         with torch.no_grad():
-            networks.linear.weight.copy_(
-                fit_linear_kernel(inputs, acceleration, regularization)
-            )
+            networks.linear.weight.copy_(fit_linear_kernel(inputs, acceleration, regularization))
     return networks, scale, inputs, targets
 
 

@@ -10,6 +10,7 @@ from raki.fft import fft2c, rss_image
 from raki.grappa import (
     GrappaKernel,
     apply_grappa,
+    automatic_lambda,
     calibrate_grappa,
     fit_grappa,
     reconstruct_grappa,
@@ -103,6 +104,17 @@ def test_noisier_data_gets_more_regularisation() -> None:
     noisy = accelerated(simulate_scan(matrix=MATRIX, num_coils=8, snr=5.0, seed=2), 3, 16)
     clean = accelerated(simulate_scan(matrix=MATRIX, num_coils=8, snr=200.0, seed=2), 3, 16)
     assert fit_grappa(noisy).regularization[0] > 5 * fit_grappa(clean).regularization[0]
+
+
+def test_automatic_lambda_is_the_one_calibration_chooses() -> None:
+    """rRAKI's linear branch damps with it, so it must be exactly GRAPPA's choice."""
+    noisy = accelerated(simulate_scan(matrix=MATRIX, num_coils=8, snr=5.0, seed=2), 3, 16)
+    acs = noisy.acs_kspace()[0]
+    assert automatic_lambda(acs, 3) == fit_grappa(noisy).regularization[0]
+    assert (
+        automatic_lambda(acs, 3, kernel_size=(5, 2))
+        == fit_grappa(noisy, kernel_size=(5, 2)).regularization[0]
+    )
 
 
 def test_saved_kernel_reproduces_the_reconstruction(phantom: Scan, tmp_path) -> None:
