@@ -134,9 +134,9 @@ def blind_spots(matrix: tuple[int, int], acceleration: int, offset: int) -> np.n
     """bool [kx, ky]: samples whose network prediction read zero padding outside the k-space.
 
     The readout rows within KX_MARGIN of either end, and the lines whose lattice anchor a (the
-    acquired line at or before them) lacks a, a + R or a + 2R inside the k-space. On a 6-coil
-    64x48 phantom these predictions were what kept the rRAKI linear branch at 2x GRAPPA's NMSE;
-    with GRAPPA's there it matched GRAPPA (docs/benchmarks.md).
+    acquired line at or before them) lacks a, a + R or a + 2R inside the k-space. Before any
+    training, GRAPPA's prediction there brought the rRAKI linear branch from up to 1.43x
+    GRAPPA's NMSE to 0.99-1.05x (scripts/bench/linear_start.py, docs/benchmarks.md).
     """
     kx, ky = matrix
     lines = np.arange(ky)
