@@ -48,6 +48,15 @@ def has_pygrappa() -> bool:
     return True
 
 
+def named_cases(text: str) -> dict[str, list[tuple[int, int]]]:
+    """ "file:R:ACS,file:R:ACS" as FILE_CASES' shape: settings the grid does not name."""
+    cases: dict[str, list[tuple[int, int]]] = {}
+    for case in text.split(","):
+        name, acceleration, acs_lines = case.split(":")
+        cases.setdefault(name, []).append((int(acceleration), int(acs_lines)))
+    return cases
+
+
 def score_methods(
     full: Scan,
     acceleration: int,
@@ -105,6 +114,10 @@ def main() -> int:
     parser.add_argument("--only", help="run only cases whose data name contains this text")
     parser.add_argument("--accels", help="only these R, e.g. 4,5")
     parser.add_argument("--acs", help="only these ACS sizes, e.g. 32")
+    parser.add_argument(
+        "--cases",
+        help="instead of the grid's files and settings, e.g. brain_16ch_64x64.h5:6:20,...",
+    )
     parser.add_argument("--no-phantoms", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="seed of the networks' start")
     args = parser.parse_args()
@@ -112,7 +125,8 @@ def main() -> int:
     cases = []
     folder = data_folder(args.data)
     jobs: list[tuple[str, Scan, int, int]] = []
-    for name, settings in FILE_CASES.items():
+    file_cases = FILE_CASES if args.cases is None else named_cases(args.cases)
+    for name, settings in file_cases.items():
         path = folder / name
         if path.is_file():
             jobs += [(name, read_scan(path), r, acs) for r, acs in settings]
