@@ -1,45 +1,57 @@
 """GRAPPA: fill skipped ky lines from acquired neighbours with kernels fitted on the ACS block.
 
 Griswold et al., "Generalized autocalibrating partially parallel acquisitions (GRAPPA)",
-MRM 47:1202-1210 (2002). For every offset d = 1..R-1 between acquired lines, a linear kernel
-maps a block of `kernel_size = (readout points, acquired lines)` samples of all coils to the
-missing sample of every coil at (kx, base + d):
+MRM 47:1202-1210 (2002). A linear kernel maps a block of `kernel_size = (readout points,
+acquired lines)` samples of all coils to the missing sample of every coil at (kx, t):
 
-    target[c] = sum_{c', a, j} W_d[(c', a, j), c] * k[c', kx + a - h, base + o_j]
+    target[c] = sum_{c', a, j} W_p[(c', a, j), c] * k[c', kx + a - h, t + o_j]
 
-with readout taps a = 0..points-1 around the target (h = points // 2) and source lines
-o_j = R (j - (lines - 1) // 2) on both sides of the gap (`source_line_offsets`).
+with readout taps a = 0..points-1 around the target (h = points // 2) and source lines t + o_j,
+the acquired lines nearest to t: half of them below, half above (`source_patterns`). The
+offsets o = (o_1, ..., o_lines) are the line's source pattern p, and every pattern has its
+own kernel. Between lattice lines the pattern is the lattice's, o_j = R (j - (lines - 1) // 2)
+- d for the d-th line after an acquired one, as in the paper; beside the ACS block the nearest
+acquired lines are ACS lines, closer than the lattice's, and a kernel for that pattern uses
+them (as pygrappa's mdgrappa does for every pattern it meets); at the ky ends, where lines are
+missing on one side, the pattern has fewer sources (edge kernels, more damping since they
+extrapolate).
 
-The fit is ridge regression on the ACS block, with Tikhonov weight relative to the largest
-singular value of the source matrix A: W = (A^H A + lambda s_max^2 I)^-1 A^H B. On noisy data
-lambda decides the result, and no fixed value suits both noisy and clean scans (measured in
-docs/benchmarks.md), so by default it is set per slice from the ACS itself (`auto_regularization`).
+Each fit is ridge regression on the ACS block at every position where its pattern fits, with
+Tikhonov weight relative to the largest singular value of the source matrix A:
+W = (A^H A + lambda s_max^2 I)^-1 A^H B. On noisy data lambda decides the result, and no fixed
+value suits both noisy and clean scans (measured in docs/benchmarks.md), so by default it is
+set per slice from the ACS itself (`auto_regularization`, read from the lattice kernel's
+system) and used for every pattern.
 
 The readout is fully sampled and treated as periodic (as the DFT that makes the image is), so
-kernel windows wrap around kx. Along ky they do not: missing lines whose kernel would reach past
-the first or last line use edge kernels, fitted on the same ACS rows with only the source lines
-that exist there (and more damping, since they extrapolate). Application gathers every patch of
-one offset with stride tricks and fills all its lines with one matrix product (plus small ones
-for the few edge lines).
+kernel windows wrap around kx. Application gathers every patch of one pattern with stride
+tricks and fills all its lines with one matrix product.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
 import numpy as np
 import scipy.linalg
 from numpy.lib.stride_tricks import sliding_window_view
 
-from raki.errors import FileFormatError, IncompatibleWeightsError, InvalidScanError
+from raki.errors import IncompatibleWeightsError, InvalidScanError
+from raki.grappa_kernel import GrappaKernel, KernelSize
+from raki.runtime import single_threaded_blas
 from raki.sampling import find_acs, minimum_acs_lines
 from raki.scan import Scan
 
-KernelSize = tuple[int, int]
+__all__ = [
+    "DEFAULT_KERNEL_SIZE",
+    "GrappaKernel",
+    "apply_grappa",
+    "automatic_lambda",
+    "calibrate_grappa",
+    "closer_than_lattice",
+    "fit_grappa",
+    "reconstruct_grappa",
+]
 
 DEFAULT_KERNEL_SIZE: KernelSize = (9, 2)
 # None: lambda chosen per slice by `auto_regularization`; a float: that lambda, relative to s_max^2.
@@ -49,9 +61,6 @@ AUTO_REGULARIZATION_SCALE = 0.2
 # Edge kernels extrapolate from one side, which amplifies noise: they get this many times the
 # lambda (measured: 10 beat 1, 100 and 1000, wrapping and zero-padding; docs/benchmarks.md).
 EDGE_REGULARIZATION_FACTOR = 10.0
-
-_FORMAT_NAME = "raki-grappa-kernel"
-_FORMAT_VERSION = 1
 
 
 def _check_kernel_size(kernel_size: KernelSize) -> KernelSize:
@@ -76,6 +85,43 @@ def source_line_offsets(acceleration: int, kernel_lines: int) -> np.ndarray:
     Centred: with 4 lines at R the sources sit at -R, 0, R, 2R and the targets in (0, R).
     """
     return acceleration * (np.arange(kernel_lines) - (kernel_lines - 1) // 2)
+
+
+def lines_below(kernel_lines: int) -> int:
+    """How many of the kernel's source lines lie below the target (the rest lie above)."""
+    return kernel_lines - kernel_lines // 2
+
+
+def source_patterns(acquired: np.ndarray, targets: np.ndarray, kernel_lines: int) -> np.ndarray:
+    """Source patterns [target, kernel_lines]: ky offsets from each target of its sources.
+
+    The sources of a missing line are the `lines_below` nearest acquired lines below it and the
+    rest nearest above. Between lattice lines they are the lattice's; beside the ACS block
+    they are closer (ACS lines). 0 marks a slot with no line (past a k-space edge); slots run
+    from the farthest line below to the farthest above.
+    """
+    acquired = np.asarray(acquired)
+    below = lines_below(kernel_lines)
+    insert = np.searchsorted(acquired, targets)
+    slots = insert[:, None] + np.arange(-below, kernel_lines - below)[None, :]
+    inside = (slots >= 0) & (slots < acquired.size)
+    lines = acquired[np.clip(slots, 0, max(acquired.size - 1, 0))]
+    return np.where(inside, lines - targets[:, None], 0).astype(np.int64)
+
+
+def lattice_patterns(acceleration: int, kernel_lines: int) -> np.ndarray:
+    """The source patterns an equispaced lattice needs away from the ACS: for each offset d in
+    1..R-1 all sources, then with the farthest m missing below (near ky = 0), then above."""
+    patterns = []
+    below = lines_below(kernel_lines)
+    for d in range(1, acceleration):
+        full = source_line_offsets(acceleration, kernel_lines) - d
+        patterns.append(full)
+        for missing in range(1, below + 1):
+            patterns.append(np.where(np.arange(kernel_lines) >= missing, full, 0))
+        for missing in range(1, kernel_lines - below + 1):
+            patterns.append(np.where(np.arange(kernel_lines) < kernel_lines - missing, full, 0))
+    return np.unique(np.stack(patterns), axis=0)
 
 
 def _source_patches(
@@ -120,9 +166,16 @@ def auto_regularization(
 
 
 def _normal_equations(
-    acs: np.ndarray, bases: np.ndarray, offsets: np.ndarray, readout_points: int, acceleration: int
+    acs: np.ndarray,
+    bases: np.ndarray,
+    offsets: np.ndarray,
+    target_offsets: np.ndarray,
+    readout_points: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """A^H A [unknowns, unknowns] and A^H B [unknowns, (R-1) * coil] without forming A.
+    """A^H A [unknowns, unknowns] and A^H B [unknowns, targets * coil] without forming A.
+
+    Rows are every readout point at every base line in `bases`; sources are the lines at
+    `offsets` from the base, targets those at `target_offsets`.
 
     With the readout wrapping around, every entry of A^H A and A^H B is a circular
     cross-correlation along kx between two ky lines (summed over kernel positions), at the lag
@@ -130,7 +183,7 @@ def _normal_equations(
     times fewer operations than the product of the patch matrix with itself.
     """
     num_coils, num_kx, _ = acs.shape
-    lines = np.concatenate([offsets, np.arange(1, acceleration)])  # sources, then targets
+    lines = np.concatenate([offsets, target_offsets])  # sources, then targets
     # [kx frequency, base, coil, line] so that one batched product sums over bases.
     spectra = np.fft.fft(acs[:, :, bases[:, None] + lines[None, :]], axis=1).transpose(1, 2, 0, 3)
     every_line = spectra.reshape(num_kx, bases.size, -1)
@@ -164,10 +217,13 @@ def _solve_regularised(
     gram: np.ndarray, cross: np.ndarray, largest: float, regularization: float
 ) -> np.ndarray:
     """(G + lambda * s_max^2 I)^-1 A^H B: Cholesky when damped, the pseudo-inverse otherwise."""
-    damped = gram + (regularization * largest) * np.eye(gram.shape[0])
+    damped = gram.copy()
+    damped[np.diag_indices_from(damped)] += regularization * largest
     if regularization > 0:
         try:
-            return scipy.linalg.cho_solve(scipy.linalg.cho_factor(damped), cross)
+            # Finite by construction (sums of products of finite k-space): skip the checks.
+            factor = scipy.linalg.cho_factor(damped, check_finite=False)
+            return scipy.linalg.cho_solve(factor, cross, check_finite=False)
         except np.linalg.LinAlgError:
             pass  # damping below round-off: fall through to the eigen-decomposition
     eigenvalues, eigenvectors = np.linalg.eigh(damped)
@@ -183,17 +239,22 @@ def calibrate_grappa(
     *,
     kernel_size: KernelSize = DEFAULT_KERNEL_SIZE,
     regularization: float | None = DEFAULT_REGULARIZATION,
+    patterns: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Kernel weights [R-1, variant, coil * readout * lines, coil] complex64 from an ACS block.
+    """Kernel weights [pattern, coil * readout * lines, coil] complex64 from an ACS block.
 
-    Variant 0 reads all source lines; the others serve the ky edges (see `edge_variants`).
-
-    `acs` is [coil, kx, acs lines], fully sampled. Rows of the fit are every kernel position
-    that fits inside the block along ky, at every kx (wrapping around the readout).
+    One kernel per source pattern (`source_patterns`; None: `lattice_patterns`, what an
+    equispaced scan needs away from the ACS); absent source lines keep zero weights.
+    `acs` is [coil, kx, acs lines], fully sampled. Rows of each fit are every position where
+    the pattern fits inside the block along ky, at every kx (wrapping around the readout).
     `regularization` None picks lambda with `auto_regularization`.
     """
     return calibrate_grappa_with_lambda(
-        acs, acceleration, kernel_size=kernel_size, regularization=regularization
+        acs,
+        acceleration,
+        kernel_size=kernel_size,
+        regularization=regularization,
+        patterns=patterns,
     )[0]
 
 
@@ -239,7 +300,7 @@ def _calibration_system(
     offsets = source_line_offsets(acceleration, kernel_lines)
     bases = np.arange(-offsets[0], num_lines - offsets[-1])
     acs = acs.astype(np.complex128)
-    gram, cross = _normal_equations(acs, bases, offsets, readout_points, acceleration)
+    gram, cross = _normal_equations(acs, bases, offsets, np.arange(1, acceleration), readout_points)
     gram = (gram + gram.conj().T) / 2  # exactly Hermitian despite FFT round-off
     eigenvalues = np.linalg.eigvalsh(gram)
     if eigenvalues[-1] <= 0.0:
@@ -274,45 +335,103 @@ def calibrate_grappa_with_lambda(
     *,
     kernel_size: KernelSize = DEFAULT_KERNEL_SIZE,
     regularization: float | None = DEFAULT_REGULARIZATION,
+    patterns: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """`calibrate_grappa`, also returning the lambda used (the automatic one when None)."""
+    """`calibrate_grappa`, also returning the lambda used (the automatic one when None).
+
+    Lambda is the same for every pattern (the rule reads the lattice kernel's system); a
+    pattern that lacks some source lines extrapolates and gets EDGE_REGULARIZATION_FACTOR
+    times it.
+    """
     if regularization is not None and not (np.isfinite(regularization) and regularization >= 0):
         raise InvalidScanError(f"regularization must be finite and >= 0, got {regularization}")
     system = _calibration_system(acs, acceleration, kernel_size)
-    gram, cross, eigenvalues = system.gram, system.cross, system.eigenvalues
     if regularization is None:
         regularization = system.automatic_lambda()
+    if patterns is None:
+        patterns = lattice_patterns(acceleration, system.kernel_lines)
+    acs = np.asarray(acs).astype(np.complex128)
+    patterns = np.asarray(patterns)
     num_coils = system.num_coils
-    kernel_lines = system.kernel_lines
-    readout_points = system.readout_points
-    # One kernel per set of available source lines (all of them, or fewer at the ky edges);
-    # the absent lines' weights stay zero so that every variant has the same shape.
-    line_of_column = np.tile(np.arange(kernel_lines), num_coils * readout_points)
     weights = np.zeros(
-        (acceleration - 1, 2 * kernel_lines - 1, gram.shape[0], num_coils), dtype=np.complex64
+        (len(patterns), num_coils * system.readout_points * system.kernel_lines, num_coils),
+        dtype=np.complex64,
     )
-    for variant, available in enumerate(edge_variants(kernel_lines)):
-        columns = np.flatnonzero(available[line_of_column])
-        damping = regularization if variant == 0 else regularization * EDGE_REGULARIZATION_FACTOR
-        solved = _solve_regularised(
-            gram[np.ix_(columns, columns)], cross[columns], float(eigenvalues[-1]), damping
+    # Lattice patterns with the same source slots share the lattice system's columns: one
+    # solve serves all their offsets d.
+    lattice = source_line_offsets(system.acceleration, system.kernel_lines)
+    shared: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    for row, pattern in enumerate(patterns):
+        present = np.flatnonzero(pattern != 0)
+        offsets = [
+            d
+            for d in range(1, system.acceleration)
+            if np.array_equal(pattern[present], (lattice - d)[present])
+        ]
+        if offsets:
+            shared.setdefault(tuple(present), []).append((row, offsets[0]))
+        else:
+            columns, solved = _own_pattern_fit(acs, pattern, system, regularization)
+            weights[row, columns] = solved
+    for present, members in shared.items():
+        columns = _kernel_columns(np.array(present), system)
+        cross = np.concatenate(
+            [system.cross[columns, (d - 1) * num_coils : d * num_coils] for _, d in members],
+            axis=1,
         )
-        # cross columns are (d, coil).
-        weights[:, variant, columns] = solved.reshape(
-            columns.size, acceleration - 1, num_coils
-        ).transpose(1, 0, 2)
+        solved = _solve_regularised(
+            system.gram[np.ix_(columns, columns)],
+            cross,
+            float(system.eigenvalues[-1]),
+            _damping(regularization, len(present), system.kernel_lines),
+        )
+        for index, (row, _) in enumerate(members):
+            weights[row, columns] = solved[:, index * num_coils : (index + 1) * num_coils]
     return weights, float(regularization)
 
 
-def edge_variants(kernel_lines: int) -> list[np.ndarray]:
-    """Which source lines each kernel variant reads: all; then the first m missing (near ky = 0),
-    m = 1..lines-1; then the last m missing (near the top edge)."""
-    variants = [np.ones(kernel_lines, dtype=bool)]
-    for missing in range(1, kernel_lines):
-        variants.append(np.arange(kernel_lines) >= missing)
-    for missing in range(1, kernel_lines):
-        variants.append(np.arange(kernel_lines) < kernel_lines - missing)
-    return variants
+def _kernel_columns(present: np.ndarray, system: _CalibrationSystem) -> np.ndarray:
+    """Kernel rows (coil, readout tap, slot) of the present source slots, in that order."""
+    taps = np.arange(system.num_coils * system.readout_points)[:, None]
+    return (taps * system.kernel_lines + present).ravel()
+
+
+def _damping(regularization: float, sources: int, kernel_lines: int) -> float:
+    """Lambda for a kernel with `sources` of its lines: more where it lacks some (extrapolation)."""
+    if sources < kernel_lines:
+        return regularization * EDGE_REGULARIZATION_FACTOR
+    return regularization
+
+
+def _largest_eigenvalue(gram: np.ndarray, steps: int = 20) -> float:
+    """s_max^2 of a Hermitian positive semi-definite matrix by power iteration (a full
+    eigen-decomposition per pattern would cost more than the fit)."""
+    vector = np.ones(gram.shape[0], dtype=gram.dtype)
+    for _ in range(steps):
+        vector = gram @ vector
+        vector /= np.linalg.norm(vector)
+    return float(np.real(vector.conj() @ gram @ vector))
+
+
+def _own_pattern_fit(
+    acs: np.ndarray, pattern: np.ndarray, system: _CalibrationSystem, regularization: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel rows and weights of a pattern the lattice lacks (beside the ACS), fitted on the
+    normal equations of its own sources at every ACS line where it fits."""
+    num_lines = acs.shape[2]
+    present = np.flatnonzero(pattern != 0)
+    offsets = pattern[present]
+    targets = np.arange(max(0, -offsets.min()), min(num_lines, num_lines - offsets.max()))
+    if targets.size == 0:
+        raise InvalidScanError(
+            f"ACS of {num_lines} lines is too small for GRAPPA sources {offsets.tolist()} "
+            "lines from the target"
+        )
+    gram, cross = _normal_equations(acs, targets, offsets, np.zeros(1, int), system.readout_points)
+    gram = (gram + gram.conj().T) / 2  # exactly Hermitian despite FFT round-off
+    damping = _damping(regularization, present.size, system.kernel_lines)
+    solved = _solve_regularised(gram, cross, _largest_eigenvalue(gram), damping)
+    return _kernel_columns(present, system), solved
 
 
 def lattice_offset(sampled: np.ndarray, acceleration: int) -> int:
@@ -333,20 +452,60 @@ def lattice_offset(sampled: np.ndarray, acceleration: int) -> int:
 
 
 def _check_weights(
-    weights: np.ndarray, num_coils: int, acceleration: int, kernel_size: KernelSize
+    weights: np.ndarray, patterns: np.ndarray, num_coils: int, kernel_size: KernelSize
 ) -> None:
     readout_points, kernel_lines = kernel_size
-    expected = (
-        acceleration - 1,
-        2 * kernel_lines - 1,
-        num_coils * readout_points * kernel_lines,
-        num_coils,
-    )
-    if weights.shape != expected:
+    expected = (patterns.shape[0], num_coils * readout_points * kernel_lines, num_coils)
+    if patterns.ndim != 2 or patterns.shape[1] != kernel_lines or weights.shape != expected:
         raise IncompatibleWeightsError(
-            f"GRAPPA weights of shape {weights.shape} do not fit {num_coils} coils, "
-            f"R={acceleration} and a {readout_points}x{kernel_lines} kernel (expected {expected})"
+            f"GRAPPA weights of shape {weights.shape} do not fit {num_coils} coils and a "
+            f"{readout_points}x{kernel_lines} kernel with {patterns.shape[0]} source patterns "
+            f"(expected {expected})"
         )
+
+
+def line_patterns(
+    sampled: np.ndarray, acceleration: int, kernel_lines: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skipped ky lines, their source patterns, and the patterns the lattice alone gives them.
+
+    The two differ beside the ACS block, where acquired ACS lines lie closer than the lattice's.
+    Raises InvalidScanError unless the lines outside the ACS form one R-lattice.
+    """
+    sampled = np.asarray(sampled, dtype=bool)
+    residue = (np.arange(sampled.size) - lattice_offset(sampled, acceleration)) % acceleration
+    if np.any(~sampled & (residue == 0)):
+        raise InvalidScanError(
+            f"sampling is not equispaced at R={acceleration}: lines of the acquisition lattice "
+            "are missing"
+        )
+    targets = np.flatnonzero(~sampled)
+    nearest = source_patterns(np.flatnonzero(sampled), targets, kernel_lines)
+    lattice = source_patterns(np.flatnonzero(residue == 0), targets, kernel_lines)
+    return targets, nearest, lattice
+
+
+def closer_than_lattice(sampled: np.ndarray, acceleration: int, kernel_lines: int) -> np.ndarray:
+    """bool [ky]: skipped lines whose nearest acquired lines are not the lattice's (ACS edges)."""
+    targets, nearest, lattice = line_patterns(sampled, acceleration, kernel_lines)
+    lines = np.zeros(np.asarray(sampled).size, dtype=bool)
+    lines[targets[np.any(nearest != lattice, axis=1)]] = True
+    return lines
+
+
+def _pattern_rows(patterns: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Row of `patterns` equal to each row of `wanted`, -1 where none is."""
+    known = {tuple(row): index for index, row in enumerate(patterns.tolist())}
+    return np.array([known.get(tuple(row), -1) for row in wanted.tolist()], dtype=np.int64)
+
+
+def mask_patterns(sampled: np.ndarray, acceleration: int, kernel_lines: int) -> np.ndarray:
+    """Every source pattern a scan with this ky mask needs, lattice patterns included (so that
+    the kernel also serves a later scan whose ACS sits elsewhere)."""
+    _, nearest, _ = line_patterns(sampled, acceleration, kernel_lines)
+    return np.unique(
+        np.concatenate([nearest, lattice_patterns(acceleration, kernel_lines)]), axis=0
+    )
 
 
 def apply_grappa(
@@ -355,10 +514,14 @@ def apply_grappa(
     weights: np.ndarray,
     acceleration: int,
     kernel_size: KernelSize = DEFAULT_KERNEL_SIZE,
+    patterns: np.ndarray | None = None,
 ) -> np.ndarray:
     """Filled k-space [coil, kx, ky] complex64: acquired (and ACS) lines kept as measured.
 
-    `sampled` is the ky mask; the lattice offset of the missing lines comes from it.
+    `sampled` is the ky mask; `patterns` the source patterns `weights` were fitted for (None:
+    `lattice_patterns`). Each skipped line uses the kernel of its nearest acquired lines;
+    where the weights lack that pattern (beside an ACS block they were not fitted for), the
+    lattice lines' kernel.
     """
     kspace = np.asarray(kspace)
     sampled = np.asarray(sampled, dtype=bool)
@@ -371,149 +534,31 @@ def apply_grappa(
     readout_points, kernel_lines = _check_kernel_size(kernel_size)
     num_coils, num_kx, num_ky = kspace.shape
     weights = np.asarray(weights)
-    _check_weights(weights, num_coils, acceleration, (readout_points, kernel_lines))
-    offset = lattice_offset(sampled, acceleration)
+    if patterns is None:
+        patterns = lattice_patterns(acceleration, kernel_lines)
+    patterns = np.asarray(patterns)
+    _check_weights(weights, patterns, num_coils, (readout_points, kernel_lines))
+    targets, nearest, lattice = line_patterns(sampled, acceleration, kernel_lines)
+    rows = _pattern_rows(patterns, nearest)
+    fallback = rows < 0
+    rows[fallback] = _pattern_rows(patterns, lattice[fallback])
+    if np.any(rows < 0):
+        line = int(targets[np.argmax(rows < 0)])
+        raise IncompatibleWeightsError(
+            f"GRAPPA kernel has no weights for the sampling around ky line {line} "
+            f"(R={acceleration})"
+        )
+    used = np.where(fallback[:, None], lattice, nearest)
     measured = np.where(sampled, kspace, 0).astype(np.complex64)
     filled = measured.copy()
-    residue = (np.arange(num_ky) - offset) % acceleration
-    if np.any(~sampled & (residue == 0)):
-        raise InvalidScanError(
-            f"sampling is not equispaced at R={acceleration}: lines of the acquisition lattice "
-            "are missing"
-        )
-    offsets = source_line_offsets(acceleration, kernel_lines)
-    for d in range(1, acceleration):
-        targets = np.flatnonzero(~sampled & (residue == d))
-        if targets.size == 0:
-            continue
-        lines = targets[:, None] - d + offsets[None, :]
-        inside = (lines >= 0) & (lines < num_ky)
-        below = np.sum(lines < 0, axis=1)
-        above = np.sum(lines >= num_ky, axis=1)
-        variant = np.where(below > 0, below, np.where(above > 0, kernel_lines - 1 + above, 0))
-        lines = np.clip(lines, 0, num_ky - 1)
-        valid = inside & sampled[lines]
-        for index in np.unique(variant):
-            chosen = variant == index
-            group = targets[chosen]
-            patches = _source_patches(measured, lines[chosen], valid[chosen], readout_points)
-            estimate = patches @ weights[d - 1, index].astype(np.complex64, copy=False)
-            filled[:, :, group] = estimate.reshape(num_kx, group.size, num_coils).transpose(2, 0, 1)
+    for row in np.unique(rows):
+        chosen = rows == row
+        group = targets[chosen]
+        lines = np.clip(group[:, None] + used[chosen], 0, num_ky - 1)
+        patches = _source_patches(measured, lines, used[chosen] != 0, readout_points)
+        estimate = patches @ weights[row].astype(np.complex64, copy=False)
+        filled[:, :, group] = estimate.reshape(num_kx, group.size, num_coils).transpose(2, 0, 1)
     return filled
-
-
-@dataclass(frozen=True, eq=False)
-class GrappaKernel:
-    """Calibrated GRAPPA weights for every slice of a protocol, to save and apply again.
-
-    `weights` is [slice, R-1, variant, coil * readout * lines, coil] complex64 (variants as in
-    `edge_variants`); `regularization` holds the
-    lambda each slice was fitted with. Apply to scans with the same coils, R, slices and matrix.
-    """
-
-    weights: np.ndarray
-    acceleration: int
-    kernel_size: KernelSize
-    regularization: tuple[float, ...]
-    num_coils: int
-    matrix: tuple[int, int]
-    acs_lines: int
-    protocol: str = ""
-
-    @property
-    def num_slices(self) -> int:
-        return int(self.weights.shape[0])
-
-    def check_compatible(self, scan: Scan) -> None:
-        """Raise IncompatibleWeightsError saying what differs when this kernel does not fit."""
-        problems = []
-        if scan.num_coils != self.num_coils:
-            problems.append(f"{scan.num_coils} coils, kernel has {self.num_coils}")
-        if scan.acceleration != self.acceleration:
-            problems.append(f"R={scan.acceleration}, kernel has R={self.acceleration}")
-        if scan.num_slices != self.num_slices:
-            problems.append(f"{scan.num_slices} slices, kernel has {self.num_slices}")
-        if scan.matrix != self.matrix:
-            problems.append(
-                f"matrix {scan.matrix[0]}x{scan.matrix[1]}, kernel has "
-                f"{self.matrix[0]}x{self.matrix[1]}"
-            )
-        if problems:
-            raise IncompatibleWeightsError(
-                "GRAPPA kernel does not fit this scan: " + "; ".join(problems)
-            )
-
-    def save(self, path: str | Path) -> None:
-        """Write the kernel to HDF5, atomically (a temporary file beside it, then a rename)."""
-        path = Path(path)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(handle)
-        try:
-            with h5py.File(temporary, "w") as file:
-                file.attrs["format"] = _FORMAT_NAME
-                file.attrs["version"] = _FORMAT_VERSION
-                file.attrs["acceleration"] = self.acceleration
-                file.attrs["kernel_size"] = np.asarray(self.kernel_size, dtype=np.int64)
-                file.attrs["num_coils"] = self.num_coils
-                file.attrs["matrix"] = np.asarray(self.matrix, dtype=np.int64)
-                file.attrs["acs_lines"] = self.acs_lines
-                file.attrs["protocol"] = self.protocol
-                file.create_dataset("weights", data=self.weights.astype(np.complex64))
-                file.create_dataset(
-                    "regularization", data=np.asarray(self.regularization, dtype=np.float64)
-                )
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-
-    @classmethod
-    def load(cls, path: str | Path) -> GrappaKernel:
-        """Read a kernel written by `save`; FileFormatError names the file and what is wrong."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileFormatError(path, "no such file")
-        try:
-            with h5py.File(path, "r") as file:
-                if file.attrs.get("format") != _FORMAT_NAME:
-                    raise FileFormatError(path, "not a GRAPPA kernel file")
-                version = int(file.attrs["version"])
-                if version != _FORMAT_VERSION:
-                    raise FileFormatError(path, f"GRAPPA kernel format version {version} unknown")
-                kernel = cls(
-                    weights=np.asarray(file["weights"][()], dtype=np.complex64),
-                    acceleration=int(file.attrs["acceleration"]),
-                    kernel_size=_as_pair(file.attrs["kernel_size"]),
-                    regularization=tuple(float(v) for v in file["regularization"][()]),
-                    num_coils=int(file.attrs["num_coils"]),
-                    matrix=_as_pair(file.attrs["matrix"]),
-                    acs_lines=int(file.attrs["acs_lines"]),
-                    protocol=str(file.attrs["protocol"]),
-                )
-        except FileFormatError:
-            raise
-        except (OSError, KeyError, ValueError, TypeError) as error:
-            raise FileFormatError(
-                path, f"unreadable GRAPPA kernel ({type(error).__name__})"
-            ) from None
-        expected = (
-            kernel.acceleration - 1,
-            2 * kernel.kernel_size[1] - 1,
-            kernel.num_coils * kernel.kernel_size[0] * kernel.kernel_size[1],
-            kernel.num_coils,
-        )
-        if kernel.weights.ndim != 5 or kernel.weights.shape[1:] != expected:
-            raise FileFormatError(
-                path, f"GRAPPA weights of shape {kernel.weights.shape} are corrupt"
-            )
-        if len(kernel.regularization) != kernel.num_slices:
-            raise FileFormatError(path, "GRAPPA kernel has one lambda per slice missing")
-        return kernel
-
-
-def _as_pair(values: np.ndarray) -> tuple[int, int]:
-    first, second = (int(v) for v in np.asarray(values).ravel())
-    return first, second
 
 
 def _check_sampling(scan: Scan) -> None:
@@ -532,23 +577,30 @@ def _check_scan(scan: Scan) -> None:
         raise InvalidScanError("the scan has no ACS block to calibrate GRAPPA on")
 
 
+@single_threaded_blas()
 def fit_grappa(
     scan: Scan,
     *,
     kernel_size: KernelSize = DEFAULT_KERNEL_SIZE,
     regularization: float | None = DEFAULT_REGULARIZATION,
 ) -> GrappaKernel:
-    """Calibrate a kernel on each slice's own ACS block."""
+    """Calibrate a kernel on each slice's own ACS block, for every source pattern of its mask."""
     _check_scan(scan)
     kernel_size = _check_kernel_size(kernel_size)
+    patterns = mask_patterns(scan.sampled, scan.acceleration, kernel_size[1])
     fitted = [
         calibrate_grappa_with_lambda(
-            acs, scan.acceleration, kernel_size=kernel_size, regularization=regularization
+            acs,
+            scan.acceleration,
+            kernel_size=kernel_size,
+            regularization=regularization,
+            patterns=patterns,
         )
         for acs in scan.acs_kspace()
     ]
     return GrappaKernel(
         weights=np.stack([weights for weights, _ in fitted]),
+        patterns=patterns,
         acceleration=scan.acceleration,
         kernel_size=kernel_size,
         regularization=tuple(lam for _, lam in fitted),
@@ -559,6 +611,7 @@ def fit_grappa(
     )
 
 
+@single_threaded_blas()
 def reconstruct_grappa(
     scan: Scan,
     *,
@@ -589,7 +642,14 @@ def reconstruct_grappa(
             )
     return np.stack(
         [
-            apply_grappa(kspace, scan.sampled, weights, kernel.acceleration, kernel.kernel_size)
+            apply_grappa(
+                kspace,
+                scan.sampled,
+                weights,
+                kernel.acceleration,
+                kernel.kernel_size,
+                kernel.patterns,
+            )
             for kspace, weights in zip(scan.kspace, kernel.weights, strict=True)
         ]
     )

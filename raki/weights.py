@@ -27,7 +27,8 @@ from raki.oversampling import crop_readout
 from raki.scan import Scan
 
 FORMAT = "raki-weights"
-FORMAT_VERSION = 1
+# 2: the rRAKI GRAPPA kernel holds one kernel per source pattern (raki.grappa_kernel).
+FORMAT_VERSION = 2
 
 
 def kspace_sha256(kspace: np.ndarray) -> str:
@@ -167,7 +168,12 @@ class RakiWeights:
             ) from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise FileFormatError(path, "not a raki weights file")
-        if payload.get("format_version") != FORMAT_VERSION:
+        version = payload.get("format_version")
+        if isinstance(version, int) and version < FORMAT_VERSION:
+            raise FileFormatError(
+                path, f"weights format {version} is from an older release: train again"
+            )
+        if version != FORMAT_VERSION:
             raise FileFormatError(
                 path, f"weights format version {payload.get('format_version')} is not supported"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
@@ -12,8 +13,10 @@ from raki.grappa import (
     apply_grappa,
     automatic_lambda,
     calibrate_grappa,
+    closer_than_lattice,
     fit_grappa,
     reconstruct_grappa,
+    source_patterns,
 )
 from raki.metrics import nmse
 from raki.phantom import simulate_scan
@@ -178,3 +181,57 @@ def test_unreadable_kernel_file_names_the_file_only(tmp_path) -> None:
         GrappaKernel.load(path)
     assert str(caught.value).startswith("weights.h5: ")
     assert "patient_smith" not in str(caught.value)
+
+
+def test_source_patterns_are_the_nearest_acquired_lines() -> None:
+    """Between lattice lines the lattice's; beside the ACS the closer ACS lines; one side at
+    the ky ends."""
+    mask = equispaced_mask(24, 4, 6)  # lattice 0, 4, ..., 20; ACS 9..14
+    assert np.flatnonzero(mask).tolist() == [0, 4, 8, 9, 10, 11, 12, 13, 14, 16, 20]
+    targets = np.array([1, 7, 15, 22])
+    patterns = source_patterns(np.flatnonzero(mask), targets, 2)
+    assert patterns.tolist() == [[-1, 3], [-3, 1], [-1, 1], [-2, 0]]
+    assert closer_than_lattice(mask, 4, 2).nonzero()[0].tolist() == [15]
+    # With 4 lines, two below and two above; beside the ACS the two nearest ACS lines.
+    assert source_patterns(np.flatnonzero(mask), np.array([7]), 4).tolist() == [[-7, -3, 1, 2]]
+
+
+def test_lines_beside_the_acs_read_the_closer_acs_lines(phantom: Scan) -> None:
+    scan = accelerated(phantom, 4, 18)  # ACS edges off the lattice
+    closer = np.flatnonzero(closer_than_lattice(scan.sampled, 4, 2))
+    assert closer.size >= 2
+    acs = scan.acs_kspace()[0]
+    kernel = fit_grappa(scan)
+    # The same lambda with the lattice's kernels only (what a kernel without these patterns
+    # falls back to).
+    lattice_only = apply_grappa(
+        scan.kspace[0],
+        scan.sampled,
+        calibrate_grappa(acs, 4, regularization=kernel.regularization[0]),
+        4,
+    )
+    patterned = reconstruct_grappa(scan)[0]
+    truth = phantom.kspace[0][..., closer]
+    error = np.linalg.norm(patterned[..., closer] - truth)
+    assert error < 0.7 * np.linalg.norm(lattice_only[..., closer] - truth)
+    # Everywhere else the two are the same kernels.
+    others = ~scan.sampled
+    others[closer] = False
+    np.testing.assert_allclose(patterned[..., others], lattice_only[..., others], atol=1e-4)
+
+
+def test_a_kernel_serves_a_later_scan_whose_acs_sits_elsewhere(phantom: Scan) -> None:
+    kernel = fit_grappa(accelerated(phantom, 4, 18))
+    later = accelerated(simulate_scan(matrix=MATRIX, num_coils=8, snr=50.0, seed=5), 4, 20)
+    reference = rss_image(simulate_scan(matrix=MATRIX, num_coils=8, snr=50.0, seed=5).kspace)
+    reused = nmse(reference, rss_image(reconstruct_grappa(later, kernel=kernel)))
+    assert reused < 0.3 * nmse(reference, rss_image(later.kspace))
+
+
+def test_kernel_files_of_the_former_layout_are_refused(tmp_path) -> None:
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as file:
+        file.attrs["format"] = "raki-grappa-kernel"
+        file.attrs["version"] = 1
+    with pytest.raises(FileFormatError, match="older release: fit again"):
+        GrappaKernel.load(path)

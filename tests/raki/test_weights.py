@@ -114,3 +114,10 @@ def test_unreadable_files_name_the_file_only(tmp_path):
         RakiWeights.load(foreign)
     with pytest.raises(FileFormatError, match="no such weights file"):
         RakiWeights.load(folder / "missing.pt")
+
+
+def test_weights_of_an_older_format_say_to_train_again(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"format": "raki-weights", "format_version": 1}, path)
+    with pytest.raises(FileFormatError, match="older release: train again"):
+        RakiWeights.load(path)
