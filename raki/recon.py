@@ -39,7 +39,7 @@ from raki.coils import CoilCompression
 from raki.device import resolve_device
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
-from raki.grappa import GrappaKernel, reconstruct_grappa
+from raki.grappa import GrappaKernel, closer_than_lattice, reconstruct_grappa
 from raki.model import (
     KX_MARGIN,
     RECEPTIVE_LATTICE_LINES,
@@ -179,8 +179,11 @@ def apply_weights(scan: Scan, weights: RakiWeights, device: str = "auto") -> np.
         linear = reconstruct_grappa(scan, kernel=weights.grappa)
         averaged = linear + (1 - share) * (filled - linear)
         # Where the networks saw zero padding, GRAPPA's edge kernels and periodic readout know
-        # more: there the average is GRAPPA alone.
-        blind = blind_spots(scan.matrix, scan.acceleration, offset)
+        # more, and beside the ACS its kernels read ACS lines closer than the lattice the
+        # networks see: there the output is GRAPPA alone.
+        blind = blind_spots(scan.matrix, scan.acceleration, offset) | closer_than_lattice(
+            scan.sampled, scan.acceleration, weights.grappa.kernel_size[1]
+        )
         filled = np.where(blind, linear, averaged).astype(np.complex64)
     if scan is not full_scan:
         filled = restore_readout(full_scan, filled)

@@ -5,6 +5,7 @@ import pytest
 
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
+from raki.grappa import closer_than_lattice
 from raki.metrics import nmse
 from raki.phantom import simulate_scan
 from raki.recon import (
@@ -105,18 +106,25 @@ def test_image_on_the_scale_of_the_input(scan):
     np.testing.assert_allclose(scaled.image, result.image * 1000, rtol=1e-3, atol=1e-3)
 
 
-def test_rraki_is_the_average_of_its_networks_and_grappa(scan):
+@pytest.mark.parametrize("acs_lines", [12, 14])
+def test_rraki_is_the_average_of_its_networks_and_grappa(phantom, acs_lines):
+    scan = undersampled(phantom, 3, acs_lines)
+
     def rraki(share: float) -> ReconResult:
         config = TrainingConfig(iterations=15, grappa_share=share)
         return reconstruct(scan, "rraki", config=config)
 
     networks_only, grappa_only, default = rraki(0.0), rraki(1.0), rraki(0.5)
     np.testing.assert_allclose(grappa_only.kspace, reconstruct(scan, "grappa").kspace, atol=1e-4)
-    # Where the networks read padding past the k-space, GRAPPA alone; elsewhere the average.
+    # Where the networks read padding past the k-space, and beside an ACS block whose edge is
+    # off the lattice (GRAPPA reads ACS lines there that the networks do not see), GRAPPA
+    # alone; elsewhere the average.
     blind = blind_spots(scan.matrix, scan.acceleration, lattice_offset(scan))
     assert 0 < blind.sum() < blind.size / 2
+    closer = closer_than_lattice(scan.sampled, 3, 2)
+    assert closer.sum() == (0 if acs_lines == 12 else 1)
     average = (networks_only.kspace + grappa_only.kspace) / 2
-    expected = np.where(blind, grappa_only.kspace, average)
+    expected = np.where(blind | closer, grappa_only.kspace, average)
     np.testing.assert_allclose(default.kspace, expected, rtol=1e-5, atol=1e-4)
     np.testing.assert_array_equal(default.kspace[..., scan.sampled], scan.kspace[..., scan.sampled])
     assert default.details["hyperparameters"]["grappa_share"] == 0.5
