@@ -1,6 +1,8 @@
-"""Which torch device runs the networks: an explicit choice, never a global."""
+"""Which torch device runs the networks (an explicit choice, never a global), and what it has."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -18,3 +20,27 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RakiError(f"device {name!r} was asked for but no CUDA GPU is available")
     return torch.device(name)
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The instruction-set flags Linux reports for the first CPU (empty elsewhere)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """True where bf16 matrix products run in hardware: a CUDA GPU that supports bf16, or an
+    x86 CPU with AVX-512 BF16 or AMX. Elsewhere oneDNN emulates bf16, 5-10x slower than fp32
+    on the AVX2 build machine (docs/benchmarks.md)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return not cpu_flags().isdisjoint({"avx512_bf16", "amx_bf16"})
+    return False

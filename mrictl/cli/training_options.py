@@ -20,6 +20,7 @@ class Schedule(StrEnum):
 
 
 class Precision(StrEnum):
+    auto = "auto"
     fp32 = "fp32"
     bf16 = "bf16"
 
@@ -57,7 +58,12 @@ CoilEnergyOption = Annotated[
     ),
 ]
 PrecisionOption = Annotated[
-    Precision | None, typer.Option("--precision", help="fp32, or bf16 on hardware that has it.")
+    Precision | None,
+    typer.Option(
+        "--precision",
+        help="fp32, bf16, or auto (the default: bf16 for rraki where the CPU or GPU computes "
+        "bf16 in hardware, else fp32).",
+    ),
 ]
 EarlyStopOption = Annotated[
     int | None,

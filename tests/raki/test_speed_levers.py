@@ -76,6 +76,28 @@ def test_bf16_training_stays_close_to_fp32():
     assert nmse(reference, bf16.image) < 1.2 * nmse(reference, fp32.image)
 
 
+def test_auto_precision_is_bf16_only_for_rraki_where_hardware_computes_it(monkeypatch, tmp_path):
+    from raki import device, train
+    from raki.phantom import simulate_scan
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\nflags : fpu\n")
+    assert {"avx2", "avx512_bf16"} <= device.cpu_flags(cpuinfo)
+    assert device.cpu_flags(tmp_path / "absent") == frozenset()
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(train, "has_native_bf16", lambda _device, n=native: n)
+        assert train.resolve_precision("auto", "rraki", cpu) == ("bf16" if native else "fp32")
+        assert train.resolve_precision("auto", "raki", cpu) == "fp32"
+        assert train.resolve_precision("fp32", "rraki", cpu) == "fp32"
+        assert train.resolve_precision("bf16", "raki", cpu) == "bf16"
+    monkeypatch.undo()
+    # Weights record the precision that ran, never "auto".
+    scan = simulate_scan((32, 30), num_coils=4, seed=2).undersampled(3, 12)
+    weights = train.train_scan(scan, "rraki", device="cpu", iterations=2)
+    assert weights.hyperparameters["precision"] == train.resolve_precision("auto", "rraki", cpu)
+
+
 def test_faithful_is_the_paper_and_precision_is_checked():
     import pytest
 
