@@ -38,6 +38,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from raki.errors import IncompatibleWeightsError, InvalidScanError
 from raki.grappa_kernel import GrappaKernel, KernelSize
+from raki.power_ceiling import limit_line_power
 from raki.runtime import single_threaded_blas
 from raki.sampling import find_acs, minimum_acs_lines
 from raki.scan import Scan
@@ -618,11 +619,14 @@ def reconstruct_grappa(
     kernel_size: KernelSize | None = None,
     regularization: float | None = DEFAULT_REGULARIZATION,
     kernel: GrappaKernel | None = None,
+    limit_power: bool = True,
 ) -> np.ndarray:
     """Filled k-space [slice, coil, kx, ky] complex64 for all slices; measured lines as acquired.
 
     Without `kernel`, each slice is calibrated on its own ACS; with one, its weights are applied
-    (a `kernel_size` given as well must match it).
+    (a `kernel_size` given as well must match it). With `limit_power` no filled line is louder,
+    per coil, than its louder acquired neighbour (`raki.power_ceiling`): on a small ACS the
+    kernels amplify noise, and that keeps the image from falling below zero-filling.
     """
     if kernel is None:
         kernel = fit_grappa(
@@ -640,7 +644,7 @@ def reconstruct_grappa(
                 f"GRAPPA kernel is {kernel.kernel_size[0]}x{kernel.kernel_size[1]}, "
                 f"not the {kernel_size[0]}x{kernel_size[1]} asked for"
             )
-    return np.stack(
+    filled = np.stack(
         [
             apply_grappa(
                 kspace,
@@ -653,3 +657,4 @@ def reconstruct_grappa(
             for kspace, weights in zip(scan.kspace, kernel.weights, strict=True)
         ]
     )
+    return limit_line_power(filled, scan.sampled) if limit_power else filled
