@@ -5,19 +5,21 @@ import pytest
 
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
-from raki.grappa import closer_than_lattice
+from raki.grappa import closer_than_lattice, reconstruct_grappa
 from raki.metrics import nmse
 from raki.phantom import simulate_scan
+from raki.power_ceiling import limit_line_power
 from raki.recon import (
     DEFAULT_METHOD,
     METHODS,
     ReconResult,
+    apply_weights,
     blind_spots,
     lattice_offset,
     reconstruct,
 )
 from raki.scan import Scan
-from raki.train import TrainingConfig
+from raki.train import TrainingConfig, train_scan
 from tests.raki.test_train import undersampled
 
 MATRIX = (48, 40)
@@ -109,25 +111,31 @@ def test_image_on_the_scale_of_the_input(scan):
 @pytest.mark.parametrize("acs_lines", [12, 14])
 def test_rraki_is_the_average_of_its_networks_and_grappa(phantom, acs_lines):
     scan = undersampled(phantom, 3, acs_lines)
+    weights = train_scan(scan, "rraki", config=TrainingConfig(iterations=15))
 
-    def rraki(share: float) -> ReconResult:
-        config = TrainingConfig(iterations=15, grappa_share=share)
-        return reconstruct(scan, "rraki", config=config)
+    def rraki(share: float, limit_power: bool = False) -> np.ndarray:
+        weights.hyperparameters["grappa_share"] = share
+        return apply_weights(scan, weights, limit_power=limit_power)
 
-    networks_only, grappa_only, default = rraki(0.0), rraki(1.0), rraki(0.5)
-    np.testing.assert_allclose(grappa_only.kspace, reconstruct(scan, "grappa").kspace, atol=1e-4)
+    networks_only, grappa_only, default = rraki(0.0), rraki(1.0), rraki(0.5, limit_power=True)
+    raw_grappa = reconstruct_grappa(scan, limit_power=False)
+    np.testing.assert_allclose(grappa_only, raw_grappa, atol=1e-4)
     # Where the networks read padding past the k-space, and beside an ACS block whose edge is
     # off the lattice (GRAPPA reads ACS lines there that the networks do not see), GRAPPA
-    # alone; elsewhere the average.
+    # alone; elsewhere the average; then no line louder than its acquired neighbours.
     blind = blind_spots(scan.matrix, scan.acceleration, lattice_offset(scan))
     assert 0 < blind.sum() < blind.size / 2
     closer = closer_than_lattice(scan.sampled, 3, 2)
     assert closer.sum() == (0 if acs_lines == 12 else 1)
-    average = (networks_only.kspace + grappa_only.kspace) / 2
-    expected = np.where(blind | closer, grappa_only.kspace, average)
-    np.testing.assert_allclose(default.kspace, expected, rtol=1e-5, atol=1e-4)
-    np.testing.assert_array_equal(default.kspace[..., scan.sampled], scan.kspace[..., scan.sampled])
-    assert default.details["hyperparameters"]["grappa_share"] == 0.5
+    # The GRAPPA it averages with is GRAPPA as the method gives it (ceiling included).
+    grappa = reconstruct_grappa(scan)
+    average = (networks_only + grappa) / 2
+    expected = limit_line_power(np.where(blind | closer, grappa, average), scan.sampled)
+    np.testing.assert_allclose(default, expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(default[..., scan.sampled], scan.kspace[..., scan.sampled])
+    result = reconstruct(scan, "rraki", weights=weights)
+    np.testing.assert_array_equal(result.kspace, default)
+    assert result.details["hyperparameters"]["grappa_share"] == 0.5
 
 
 def test_zerofill_and_unknown_method(scan):
