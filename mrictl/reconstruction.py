@@ -20,7 +20,14 @@ from raki.fft import rss_image
 from raki.io import read_scan
 from raki.io.reconstruction import write_reconstruction
 from raki.metrics import evaluate
-from raki.recon import DEFAULT_METHOD, ProgressCallback, ReconResult, reconstruct
+from raki.recon import (
+    DEFAULT_METHOD,
+    MethodChoice,
+    ProgressCallback,
+    ReconResult,
+    default_method_for,
+    reconstruct,
+)
 from raki.scan import Scan
 from raki.train import TrainingConfig
 
@@ -71,6 +78,8 @@ class Reconstruction:
     metrics: dict[str, float] | None
     comparison: dict[str, dict[str, float]] = field(default_factory=dict)
     compared_images: dict[str, np.ndarray] = field(default_factory=dict)
+    # Why the default method could not run and another did (raki.recon.default_method_for).
+    fallback: str | None = None
 
     def attrs(self) -> dict[str, Any]:
         """What the output file and job record say about how the image was made."""
@@ -83,6 +92,7 @@ class Reconstruction:
             "timings": self.result.timings,
             "metrics": self.metrics,
             "comparison": self.comparison or None,
+            "fallback": self.fallback,
         }
 
 
@@ -133,12 +143,15 @@ def run_reconstruction(
     prepared, own_reference = prepare_scan(scan, options.acceleration, options.acs_lines)
     reference = own_reference if reference is None else reference
     extra: dict[str, Any] = {}
-    method = options.method or DEFAULT_METHOD
+    choice = MethodChoice(options.method or DEFAULT_METHOD)
     if options.weights is not None:
         from raki.weights import RakiWeights
 
         extra["weights"] = RakiWeights.load(options.weights)
-        method = options.method or extra["weights"].method
+        choice = MethodChoice(options.method or extra["weights"].method)
+    elif options.method is None:
+        choice = default_method_for(prepared)
+    method = choice.method
     start = time.perf_counter()
     result = reconstruct(
         prepared,
@@ -151,7 +164,7 @@ def run_reconstruction(
     )
     result.timings.setdefault("total_s", time.perf_counter() - start)
     metrics = evaluate(reference, result.image) if reference is not None else None
-    done = Reconstruction(prepared, result, reference, metrics)
+    done = Reconstruction(prepared, result, reference, metrics, fallback=choice.fallback_reason)
     if reference is not None:
         for other in options.compare:
             if other != result.method:

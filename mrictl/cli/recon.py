@@ -97,8 +97,12 @@ def run(
             progress=progress_reporter(update),
         )
 
+    if document.get("fallback"):
+        output.info(f"note: {document['fallback']}")
+
     def render(console) -> None:
-        rows = {k: v for k, v in document.items() if k not in ("timings", "metrics")}
+        hidden = ("timings", "metrics", "fallback")
+        rows = {k: v for k, v in document.items() if k not in hidden and v is not None}
         rows.update({f"time {k}": f"{v:.2f}" for k, v in document["timings"].items()})
         for key, value in (document.get("metrics") or {}).items():
             rows[key] = f"{value:.4g}"

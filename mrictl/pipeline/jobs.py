@@ -44,6 +44,7 @@ RECORD_FIELDS = (
     "parent_job_id",
     "next_job_id",
     "worker_id",
+    "fallback",
 )
 
 # Options a recon job accepts, with their types; anything else is refused at submit.
@@ -90,6 +91,7 @@ def job_record(job: Job) -> dict[str, Any]:
         "parent_job_id": job.parent_id,
         "next_job_id": result.get("next_job_id"),
         "worker_id": job.worker_id,
+        "fallback": result.get("fallback"),
     }
 
 
@@ -105,8 +107,7 @@ def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict
     """Check a method and its options before anything is queued; returns the payload part."""
     from raki.recon import DEFAULT_METHOD, METHODS
 
-    method = method or DEFAULT_METHOD
-    if method not in METHODS:
+    if (method or DEFAULT_METHOD) not in METHODS:
         raise MrictlError(
             f"unknown method {method!r}; choose one of {', '.join(METHODS)}", ExitCode.USAGE
         )
@@ -138,7 +139,11 @@ def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict
         if kind is int and value < (0 if name == "acs_lines" else 1):
             raise MrictlError(f"option {name!r} is out of range: {value}", ExitCode.USAGE)
         clean[name] = value
-    return {"method": method, "options": clean}
+    request: dict[str, Any] = {"method": method or DEFAULT_METHOD, "options": clean}
+    if method is None:
+        # Not chosen: the worker may fall back from the default (raki.recon.default_method_for).
+        request["default_method"] = True
+    return request
 
 
 def enqueue_preprocess(

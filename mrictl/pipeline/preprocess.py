@@ -85,6 +85,7 @@ def run_preprocess(context: StageContext) -> dict[str, Any]:
             "scan_id": scan_id,
             "method": context.payload.get("method"),
             "options": context.payload.get("options") or {},
+            **({"default_method": True} if context.payload.get("default_method") else {}),
         },
     )
     context.log(f"queued recon job {next_job_id}")

@@ -91,7 +91,8 @@ def _options(payload: dict[str, Any]) -> Any:
 
     options = payload.get("options") or {}
     return ReconOptions(
-        method=payload.get("method") or DEFAULT_METHOD,
+        # None lets run_reconstruction fall back from the default where it cannot run.
+        method=None if payload.get("default_method") else payload.get("method") or DEFAULT_METHOD,
         acceleration=options.get("acceleration"),
         acs_lines=options.get("acs_lines"),
         device=options.get("device", "auto"),
@@ -116,8 +117,10 @@ def run_recon(context: StageContext) -> dict[str, Any]:
     context.backend.store.get_file(f"{PREPROCESSED}/{scan_id}.h5", source)
     scan = read_fastmri(source)
     read_s = time.perf_counter() - started
-    context.log(f"reconstructing with {options.method}")
+    context.log(f"reconstructing with {options.method or 'the default method'}")
     done = run_reconstruction(scan, options, progress=context.progress)
+    if done.fallback:
+        context.log(f"default method not used: {done.fallback}")
     context.check()
     out_dir = context.work_dir / "outputs"
     out_dir.mkdir()
@@ -162,4 +165,5 @@ def run_recon(context: StageContext) -> dict[str, Any]:
         "metrics": attrs.get("metrics") or {},
         "comparison": attrs.get("comparison") or {},
         "timings": timings,
+        "fallback": attrs.get("fallback"),
     }
