@@ -52,8 +52,16 @@ def machine_description() -> dict[str, Any]:
                     break
     except OSError:
         pass
+    from raki.device import has_native_bf16
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "cpu_native_bf16": has_native_bf16(torch.device("cpu")),
+    }
 
 
 def run_bench(
@@ -102,9 +110,16 @@ def run_bench(
     cost = None
     if settings.price_per_hour is not None:
         cost = settings.price_per_hour * per_scan_s / 3600.0
+    from raki.device import resolve_device
+    from raki.train import resolve_precision
+
+    precision = resolve_precision(
+        config.precision, settings.method, resolve_device(settings.device)
+    )
     return {
         "settings": {**asdict(settings), "matrix": list(settings.matrix)},
         "machine": machine_description(),
+        "precision": precision if settings.method in ("raki", "rraki") else None,
         "first_slice_s": seconds[0],
         "seconds_per_slice": per_slice,
         "slices_per_hour": 3600.0 / per_slice if per_slice > 0 else None,

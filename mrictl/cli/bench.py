@@ -70,6 +70,7 @@ def bench(
             "method": settings.method,
             "machine": f"{document['machine']['cpu']} ({document['machine']['cores']} cores)",
             "gpu": document["machine"]["gpu"],
+            "training precision": document["precision"],
             "first slice (s)": f"{document['first_slice_s']:.2f}",
             "seconds per slice": f"{document['seconds_per_slice']:.2f}",
             "slices per hour": f"{document['slices_per_hour']:.0f}",

@@ -67,6 +67,9 @@ def test_bench_as_a_volume_with_training_settings():
     assert document["settings"]["volume"] is True
     assert document["settings"]["training"] == {"lr_schedule": "cosine", "slices_per_batch": 2}
     assert document["slice_seconds"][1] == document["slice_seconds"][2]
+    # Plain RAKI trains in fp32 wherever it runs ("auto" gives bf16 to rraki only).
+    assert document["precision"] == "fp32"
+    assert isinstance(document["machine"]["cpu_native_bf16"], bool)
 
 
 def test_bench_refuses_bad_settings_in_one_line():
