@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grappa_peer import data_folder, machine, pygrappa_filled
 
@@ -27,7 +29,7 @@ from raki.fft import rss_image
 from raki.io import read_scan
 from raki.metrics import evaluate
 from raki.phantom import simulate_scan
-from raki.recon import reconstruct
+from raki.recon import default_method_for, reconstruct
 from raki.scan import Scan
 from raki.train import TrainingConfig
 
@@ -37,7 +39,7 @@ FILE_CASES = {
     "brain_16ch_64x64.h5": [(3, 20), (4, 20), (5, 20), (4, 24)],
 }
 PHANTOM_SNRS = (5.0, 10.0, 20.0, 50.0)
-METHODS = ("zerofill", "grappa", "pygrappa", "raki", "rraki")
+METHODS = ("zerofill", "grappa", "pygrappa", "raki", "rraki", "default")
 
 
 def has_pygrappa() -> bool:
@@ -48,13 +50,29 @@ def has_pygrappa() -> bool:
     return True
 
 
-def named_cases(text: str) -> dict[str, list[tuple[int, int]]]:
-    """ "file:R:ACS,file:R:ACS" as FILE_CASES' shape: settings the grid does not name."""
-    cases: dict[str, list[tuple[int, int]]] = {}
+def named_cases(text: str) -> dict[str, list[tuple[int, int, float]]]:
+    """ "file:R:ACS[:noise],..." as FILE_CASES' shape: settings the grid does not name.
+
+    noise (default 0) adds complex Gaussian noise of that standard deviation relative to the
+    file's k-space RMS, seeded, before undersampling; the noisy k-space is the reference.
+    """
+    cases: dict[str, list[tuple[int, int, float]]] = {}
     for case in text.split(","):
-        name, acceleration, acs_lines = case.split(":")
-        cases.setdefault(name, []).append((int(acceleration), int(acs_lines)))
+        name, acceleration, acs_lines, *noise = case.split(":")
+        level = float(noise[0]) if noise else 0.0
+        cases.setdefault(name, []).append((int(acceleration), int(acs_lines), level))
     return cases
+
+
+def with_noise(scan: Scan, level: float, seed: int = 0) -> Scan:
+    """`scan` with complex Gaussian noise of `level` x its k-space RMS added (0: unchanged)."""
+    if level <= 0:
+        return scan
+    rng = np.random.default_rng(seed)
+    kspace = scan.kspace
+    sigma = level * float(np.sqrt(np.mean(np.abs(kspace) ** 2))) / np.sqrt(2.0)
+    noise = rng.standard_normal(kspace.shape) + 1j * rng.standard_normal(kspace.shape)
+    return scan.replace(kspace=(kspace + sigma * noise).astype(np.complex64))
 
 
 def score_methods(
@@ -72,11 +90,19 @@ def score_methods(
         start = time.perf_counter()
         if method == "pygrappa":
             image = rss_image(pygrappa_filled(scan, 0.01))
+        elif method == "default":
+            # What `mrictl recon run` does when no method is named (GRAPPA where the ACS is
+            # too small for the networks).
+            ran = default_method_for(scan).method
+            config = TrainingConfig(seed=seed)
+            image = reconstruct(scan, ran, iterations=iterations, config=config).image
         else:
             config = TrainingConfig(seed=seed)
             image = reconstruct(scan, method, iterations=iterations, config=config).image
         seconds = time.perf_counter() - start
         rows[method] = {**evaluate(reference, image), "time_s": seconds}
+        if method == "default":
+            rows[method]["ran"] = ran
         print(
             f"  {method:9s} nmse {rows[method]['nmse']:.5f} ssim {rows[method]['ssim']:.4f} "
             f"{seconds:6.1f} s",
@@ -116,7 +142,8 @@ def main() -> int:
     parser.add_argument("--acs", help="only these ACS sizes, e.g. 32")
     parser.add_argument(
         "--cases",
-        help="instead of the grid's files and settings, e.g. brain_16ch_64x64.h5:6:20,...",
+        help="instead of the grid's files and settings, e.g. brain_16ch_64x64.h5:6:20,... "
+        "(a fourth field adds noise: file:R:ACS:0.05)",
     )
     parser.add_argument("--no-phantoms", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="seed of the networks' start")
@@ -125,11 +152,18 @@ def main() -> int:
     cases = []
     folder = data_folder(args.data)
     jobs: list[tuple[str, Scan, int, int]] = []
-    file_cases = FILE_CASES if args.cases is None else named_cases(args.cases)
+    file_cases = (
+        {name: [(r, acs, 0.0) for r, acs in grid] for name, grid in FILE_CASES.items()}
+        if args.cases is None
+        else named_cases(args.cases)
+    )
     for name, settings in file_cases.items():
         path = folder / name
         if path.is_file():
-            jobs += [(name, read_scan(path), r, acs) for r, acs in settings]
+            scan = read_scan(path)
+            for r, acs, noise in settings:
+                label = f"{name} + noise {noise:g}" if noise else name
+                jobs.append((label, with_noise(scan, noise), r, acs))
     if not args.no_phantoms:
         for snr in PHANTOM_SNRS:
             phantom = simulate_scan((192, 160), num_coils=8, snr=snr, seed=1)

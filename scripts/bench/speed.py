@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from raki.coils import compress_scan, fit_compression
+from raki.device import has_native_bf16
 from raki.fft import rss_image
 from raki.metrics import nmse
 from raki.model import RakiNetworks, build_networks, to_channels
@@ -46,16 +47,26 @@ ACS_LINES = 32
 PHASE_LINES = 320
 
 
-def iteration_flops(coils: int, readout: int, acs_lines: int = ACS_LINES, r: int = ACCELERATION):
-    """Multiply-adds x 2 of forward + backward of one fused iteration (no input gradient)."""
+def iteration_flops(
+    coils: int,
+    readout: int,
+    acs_lines: int = ACS_LINES,
+    r: int = ACCELERATION,
+    method: str = "raki",
+):
+    """Multiply-adds x 2 of forward + backward of one fused iteration (no input gradient).
+
+    rRAKI adds its linear branch (a 7 x 3 convolution, forward and weight gradient).
+    """
     channels = 2 * coils
     first = (readout - 4) * (acs_lines - r)
     last = (readout - 6) * (acs_lines - 2 * r)
     layer1 = 2 * first * channels * (channels * 32) * 10
     layer2 = 2 * first * (channels * 32) * 8
     layer3 = 2 * last * channels * (r - 1) * 8 * 6
+    linear = 2 * last * channels * channels * (r - 1) * 21 if method == "rraki" else 0
     # Layer 1 needs only its weight gradient; layers 2 and 3 need weight and input gradients.
-    return 2 * layer1 + 3 * (layer2 + layer3)
+    return 2 * (layer1 + linear) + 3 * (layer2 + layer3)
 
 
 def acs_pair(scan: Scan) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,9 +85,12 @@ def time_steps(step, repeats: int) -> float:
     return statistics.median(times)
 
 
-def fused_step(scan: Scan, precision: str = "fp32", channels_last: bool = False):
+def fused_step(
+    scan: Scan, precision: str = "fp32", channels_last: bool = False, method: str = "raki"
+):
     inputs, targets = acs_pair(scan)
-    networks = build_networks("raki", scan.num_coils, scan.acceleration)
+    networks = build_networks(method, scan.num_coils, scan.acceleration)
+    count = 2 * scan.num_coils
     if channels_last:
         networks = networks.to(memory_format=torch.channels_last)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -86,7 +100,7 @@ def fused_step(scan: Scan, precision: str = "fp32", channels_last: bool = False)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             output = networks(inputs, scan.acceleration)
-        loss = network_error_norms(output.float() - targets, networks.num_networks)
+        loss = network_error_norms(output.float() - targets, count)
         loss.backward()
         optimizer.step()
 
@@ -208,9 +222,14 @@ def main() -> None:
     results: dict[str, object] = {"machine": machine(), "load_before": os.getloadavg()}
     if not args.no_mallopt:
         results["tuning"] = tune_process().as_dict()
+    native_bf16 = has_native_bf16(torch.device("cpu"))
+    results["cpu_native_bf16"] = native_bf16
     results["matmul_gflops"] = {
         "fp32": matmul_rate(torch.float32),
-        "bf16": matmul_rate(torch.bfloat16, size=256, flops=1e8),
+        # Emulated bf16 runs at about 1 GFLOP/s: a small product says so without the wait.
+        "bf16": matmul_rate(torch.bfloat16)
+        if native_bf16
+        else matmul_rate(torch.bfloat16, size=256, flops=1e8),
     }
     print(f"matmul GFLOP/s now: {results['matmul_gflops']}", flush=True)
     rows = []
@@ -233,6 +252,15 @@ def main() -> None:
             f"{1000 * fused:.0f} s | {1000 * loop:.0f} s |",
             flush=True,
         )
+        if native_bf16:
+            # The default method's model in each precision: what `recon run` trains.
+            for method in ("raki", "rraki"):
+                for precision in ("fp32", "bf16"):
+                    seconds = time_steps(fused_step(scan, precision, method=method), args.repeats)
+                    flops = iteration_flops(coils, readout, method=method)
+                    row[f"{method}_{precision}_s"] = seconds
+                    row[f"{method}_{precision}_gflops"] = flops / seconds / 1e9
+            print(json.dumps({k: round(v, 4) for k, v in row.items()}), flush=True)
     results["fused_vs_loop"] = rows
     if not args.no_levers:
         scan = simulate_scan((320, PHASE_LINES), num_coils=16, snr=30.0)
