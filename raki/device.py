@@ -40,7 +40,8 @@ def has_native_bf16(device: torch.device) -> bool:
     x86 CPU with AVX-512 BF16 or AMX. Elsewhere oneDNN emulates bf16, 5-10x slower than fp32
     on the AVX2 build machine (docs/benchmarks.md)."""
     if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+        # Pre-Ampere GPUs emulate bf16; only compute capability 8.0 and later have it in hardware.
+        return torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         return not cpu_flags().isdisjoint({"avx512_bf16", "amx_bf16"})
     return False
