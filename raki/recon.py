@@ -10,7 +10,7 @@ The one entry point every caller (CLI, workers, benchmarks) uses. Methods:
   RSS image's structure but overshoot its noise floor, regularised GRAPPA shrinks towards zero;
   on clean data GRAPPA is hard to beat and the average keeps its accuracy. On the quality grid
   of docs/benchmarks.md (19 cases: shared sets at R = 3-6, noisy phantoms; 1000 iterations) it
-  beats our GRAPPA on 18 (0.64-0.98x its NMSE) and loses on one (+11%: a 64x64 prescan at
+  beats our GRAPPA on 18 (0.66-0.98x its NMSE) and loses on one (+8%: a 64x64 prescan at
   R = 5 with 20 ACS lines). Choosing the share by held-out ACS error was tried and rejected:
   the ACS is the high-signal centre, so its held-out error misses the noise that decides the
   image on noisy data (it picked share ~1 where 0.5 is best).
@@ -22,7 +22,10 @@ lattice is extended by one line before and two after the k-space with zeros, so 
 the ky ends, whose lattice neighbours fall outside, are still predicted; the readout is
 zero-padded by 3 points each side ('same' along kx). For "rraki" those predictions that read
 padding (`blind_spots`) are replaced by GRAPPA's, whose edge kernels and periodic readout see
-real data there. Acquired and ACS lines are then put back as measured. Images are RSS of the
+real data there, and so are the lines beside the ACS whose nearest acquired lines are ACS
+lines (`raki.grappa.closer_than_lattice`), which GRAPPA reads and the networks do not; then no
+filled line may be louder than its acquired neighbours (`raki.power_ceiling`). Acquired and ACS
+lines are put back as measured. Images are RSS of the
 centred orthonormal inverse FFT, on the input's scale.
 """
 

@@ -106,8 +106,8 @@ class TrainingConfig:
     coil_energy: float | None = None
     # "bf16" runs the networks under torch.autocast in bfloat16 (the loss and Adam stay fp32):
     # it pays where the hardware has bf16 matrix units (GPUs; CPUs with AVX-512 BF16 or AMX).
-    # "auto": bf16 for "rraki" on such hardware (1.5-1.7x faster training, NMSE within 2% of
-    # fp32 on the quality grid), else fp32; plain RAKI lost up to 10% in bf16 on high-SNR
+    # "auto": bf16 for "rraki" on such hardware (1.2-1.9x faster training, NMSE within 2.6%
+    # of fp32 on seven cases), else fp32; plain RAKI lost up to 10% in bf16 on high-SNR
     # data, so it stays fp32 (docs/benchmarks.md).
     precision: str = "auto"
     # Stop once the error on held-out ACS positions has not improved for this many reports

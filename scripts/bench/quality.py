@@ -82,6 +82,7 @@ def score_methods(
     methods: list[str],
     iterations: int | None,
     seed: int = 0,
+    precision: str = "auto",
 ) -> dict[str, dict[str, float]]:
     reference = rss_image(full.kspace)
     scan = full.undersampled(acceleration, acs_lines)
@@ -94,10 +95,10 @@ def score_methods(
             # What `mrictl recon run` does when no method is named (GRAPPA where the ACS is
             # too small for the networks).
             ran = default_method_for(scan).method
-            config = TrainingConfig(seed=seed)
+            config = TrainingConfig(seed=seed, precision=precision)
             image = reconstruct(scan, ran, iterations=iterations, config=config).image
         else:
-            config = TrainingConfig(seed=seed)
+            config = TrainingConfig(seed=seed, precision=precision)
             image = reconstruct(scan, method, iterations=iterations, config=config).image
         seconds = time.perf_counter() - start
         rows[method] = {**evaluate(reference, image), "time_s": seconds}
@@ -147,6 +148,9 @@ def main() -> int:
     )
     parser.add_argument("--no-phantoms", action="store_true")
     parser.add_argument("--seed", type=int, default=0, help="seed of the networks' start")
+    parser.add_argument(
+        "--precision", default="auto", help="training precision: auto (default), fp32 or bf16"
+    )
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m and (m != "pygrappa" or has_pygrappa())]
     cases = []
@@ -176,7 +180,9 @@ def main() -> int:
         if args.acs and str(acs_lines) not in args.acs.split(","):
             continue
         print(f"{name} R={acceleration} ACS={acs_lines}", flush=True)
-        rows = score_methods(full, acceleration, acs_lines, methods, args.iterations, args.seed)
+        rows = score_methods(
+            full, acceleration, acs_lines, methods, args.iterations, args.seed, args.precision
+        )
         cases.append({"data": name, "R": acceleration, "acs": acs_lines, "methods": rows})
     table = markdown(cases)
     print(table)
@@ -185,6 +191,7 @@ def main() -> int:
         "machine": machine(),
         "iterations": args.iterations,
         "seed": args.seed,
+        "precision": args.precision,
         "cases": cases,
         "markdown": table,
     }
