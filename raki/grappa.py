@@ -417,17 +417,21 @@ def _largest_eigenvalue(gram: np.ndarray, steps: int = 20) -> float:
 def _own_pattern_fit(
     acs: np.ndarray, pattern: np.ndarray, system: _CalibrationSystem, regularization: float
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel rows and weights of a pattern the lattice lacks (beside the ACS), fitted on the
-    normal equations of its own sources at every ACS line where it fits."""
+    """Kernel rows and weights of a pattern the lattice lacks (beside the ACS, or in a mask with
+    irregular gaps), fitted on the normal equations of its own sources at every ACS line where
+    it fits. Sources too far apart for the ACS are dropped, farthest first (an edge kernel,
+    damped as one); a line with no source that fits gets zero weights, i.e. stays zero-filled.
+    """
     num_lines = acs.shape[2]
     present = np.flatnonzero(pattern != 0)
-    offsets = pattern[present]
-    targets = np.arange(max(0, -offsets.min()), min(num_lines, num_lines - offsets.max()))
-    if targets.size == 0:
-        raise InvalidScanError(
-            f"ACS of {num_lines} lines is too small for GRAPPA sources {offsets.tolist()} "
-            "lines from the target"
-        )
+    while present.size:
+        offsets = pattern[present]
+        targets = np.arange(max(0, -offsets.min()), min(num_lines, num_lines - offsets.max()))
+        if targets.size:
+            break
+        present = np.delete(present, np.argmax(np.abs(offsets)))
+    if present.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, system.num_coils), np.complex64)
     gram, cross = _normal_equations(acs, targets, offsets, np.zeros(1, int), system.readout_points)
     gram = (gram + gram.conj().T) / 2  # exactly Hermitian despite FFT round-off
     damping = _damping(regularization, present.size, system.kernel_lines)
@@ -471,18 +475,21 @@ def line_patterns(
     """Skipped ky lines, their source patterns, and the patterns the lattice alone gives them.
 
     The two differ beside the ACS block, where acquired ACS lines lie closer than the lattice's.
-    Raises InvalidScanError unless the lines outside the ACS form one R-lattice.
+    A mask whose lines outside the ACS form no single R-lattice (fastMRI's masks round a
+    fractional spacing, so their gaps vary by one line) has no lattice to fall back on: there
+    the third array repeats the second.
     """
     sampled = np.asarray(sampled, dtype=bool)
-    residue = (np.arange(sampled.size) - lattice_offset(sampled, acceleration)) % acceleration
-    if np.any(~sampled & (residue == 0)):
-        raise InvalidScanError(
-            f"sampling is not equispaced at R={acceleration}: lines of the acquisition lattice "
-            "are missing"
-        )
     targets = np.flatnonzero(~sampled)
     nearest = source_patterns(np.flatnonzero(sampled), targets, kernel_lines)
-    lattice = source_patterns(np.flatnonzero(residue == 0), targets, kernel_lines)
+    try:
+        offset = lattice_offset(sampled, acceleration)
+    except InvalidScanError:
+        return targets, nearest, nearest
+    on_lattice = (np.arange(sampled.size) - offset) % acceleration == 0
+    if np.any(~sampled & on_lattice):
+        return targets, nearest, nearest
+    lattice = source_patterns(np.flatnonzero(on_lattice), targets, kernel_lines)
     return targets, nearest, lattice
 
 
@@ -565,11 +572,6 @@ def apply_grappa(
 def _check_sampling(scan: Scan) -> None:
     if scan.acceleration < 2:
         raise InvalidScanError("the scan is not accelerated (R=1): nothing for GRAPPA to fill")
-    if not scan.is_equispaced:
-        raise InvalidScanError(
-            f"GRAPPA needs equispaced sampling: outside the ACS the acquired lines do not form "
-            f"one lattice of every {scan.acceleration}th line"
-        )
 
 
 def _check_scan(scan: Scan) -> None:

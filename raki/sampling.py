@@ -62,6 +62,25 @@ def equispaced_mask(num_lines: int, acceleration: int, acs_lines: int) -> np.nda
     return mask
 
 
+def rounded_spacing_mask(
+    num_lines: int, acceleration: int, acs_lines: int, offset: int = 0
+) -> np.ndarray:
+    """Boolean ky mask as fastMRI's equispaced masks are made (Zbontar et al., 2018): the ACS
+    counts towards the 1/R share of lines, so the lines outside it are spaced a little more
+    than R apart, at fractional positions rounded to the nearest line; their gaps vary by one.
+    """
+    if not 0 < acs_lines < num_lines or acceleration < 2 or acs_lines * acceleration >= num_lines:
+        raise InvalidScanError(
+            f"no rounded-spacing mask for R={acceleration} with {acs_lines} ACS lines of "
+            f"{num_lines}: the ACS alone would hold 1/R of the lines"
+        )
+    spacing = acceleration * (num_lines - acs_lines) / (num_lines - acs_lines * acceleration)
+    mask = np.zeros(num_lines, dtype=bool)
+    mask[np.round(np.arange(offset, num_lines - 1, spacing)).astype(int)] = True
+    mask[centred_acs_block(num_lines, acs_lines).as_slice()] = True
+    return mask
+
+
 def sampled_lines_of(kspace: np.ndarray) -> np.ndarray:
     """ky lines holding any non-zero sample, for files that mark skipped lines only by zeros."""
     if kspace.ndim < 1:

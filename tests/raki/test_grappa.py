@@ -20,7 +20,12 @@ from raki.grappa import (
 )
 from raki.metrics import nmse
 from raki.phantom import simulate_scan
-from raki.sampling import centred_acs_block, equispaced_mask, undersample
+from raki.sampling import (
+    centred_acs_block,
+    equispaced_mask,
+    rounded_spacing_mask,
+    undersample,
+)
 from raki.scan import Scan
 
 MATRIX = (64, 48)
@@ -163,14 +168,38 @@ def test_too_small_acs_is_refused_with_what_is_needed(phantom: Scan) -> None:
         calibrate_grappa(phantom.kspace[0, :, :, :4], 4, kernel_size=(5, 2))
 
 
-def test_irregular_sampling_is_refused(phantom: Scan) -> None:
-    mask = equispaced_mask(MATRIX[1], 3, 12)
-    outside = np.flatnonzero(mask)[0]
-    mask[outside] = False
-    mask[outside + 1] = True
-    scan = Scan.from_kspace(undersample(phantom.kspace, mask), mask)
+def test_irregular_gaps_are_filled_as_well_as_a_lattice(phantom: Scan) -> None:
+    """Each skipped line uses the kernel of its own source pattern, so a mask whose gaps vary
+    (fastMRI's) needs no lattice; RAKI, whose networks are dilated by R, refuses it."""
+    full = simulate_scan(matrix=(64, 96), num_coils=8, snr=50.0, seed=0)
+    mask = rounded_spacing_mask(96, 3, 12, offset=1)
+    gaps = set(np.diff(np.flatnonzero(mask)).tolist())
+    assert {3, 4} <= gaps
+    scan = Scan.from_kspace(undersample(full.kspace, mask), mask)
+    assert not scan.is_equispaced
+    reference = rss_image(full.kspace)
+    irregular = nmse(reference, rss_image(reconstruct_grappa(scan)))
+    # Every 4th line, a little more than the irregular mask's gaps of 3 and 4 take away.
+    regular = nmse(reference, rss_image(reconstruct_grappa(accelerated(full, 4, 12))))
+    assert irregular < 0.3 * nmse(reference, rss_image(scan.kspace))
+    assert irregular < regular
+    filled = reconstruct_grappa(scan)
+    np.testing.assert_array_equal(filled[..., mask], scan.kspace[..., mask])
+    from raki.train import check_trainable
+
     with pytest.raises(InvalidScanError, match="equispaced"):
-        reconstruct_grappa(scan)
+        check_trainable(scan)
+
+
+def test_a_gap_wider_than_the_acs_can_calibrate_is_filled_from_what_fits(phantom: Scan) -> None:
+    """Sources too far apart for the ACS are dropped farthest first; nothing is refused."""
+    mask = equispaced_mask(MATRIX[1], 3, 8)
+    mask[:8] = False  # one 9-line gap at the bottom edge: wider than the 8 ACS lines
+    mask[0] = True
+    scan = Scan.from_kspace(undersample(phantom.kspace, mask), mask)
+    filled = reconstruct_grappa(scan)
+    reference = rss_image(phantom.kspace)
+    assert nmse(reference, rss_image(filled)) < nmse(reference, rss_image(scan.kspace))
 
 
 def test_unreadable_kernel_file_names_the_file_only(tmp_path) -> None:
