@@ -104,11 +104,13 @@ class MethodChoice:
 
 
 def default_method_for(scan: Scan) -> MethodChoice:
-    """`DEFAULT_METHOD`, or GRAPPA where the ACS is too small for the networks but not for it.
+    """`DEFAULT_METHOD`, or GRAPPA where the networks cannot train but GRAPPA can calibrate.
 
-    The networks need 2R + 1 ACS lines, GRAPPA's two-line kernel R + 1: fastMRI's R = 8 masks
-    with a 4% ACS (14 of 368 lines) are such scans. A scan that neither can reconstruct keeps
-    the default, whose error then says what is wrong.
+    The networks need 2R + 1 ACS lines and every R-th line outside the ACS; GRAPPA's two-line
+    kernel needs R + 1 ACS lines and takes any gaps (a kernel per source pattern). So fastMRI's
+    R = 8 masks with a 4% ACS (14 of 368 lines), and its masks whose rounded spacing makes the
+    gaps vary by a line, get GRAPPA. A scan that neither can reconstruct keeps the default,
+    whose error then says what is wrong.
     """
     try:
         check_trainable(scan)
@@ -116,7 +118,6 @@ def default_method_for(scan: Scan) -> MethodChoice:
         grappa_fits = (
             scan.acceleration >= 2
             and scan.acs is not None
-            and scan.is_equispaced
             and scan.acs.lines >= minimum_acs_lines(scan.acceleration, DEFAULT_KERNEL_SIZE[1])
             and scan.matrix[0] >= DEFAULT_KERNEL_SIZE[0]
         )

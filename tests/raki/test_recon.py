@@ -12,9 +12,11 @@ from raki.power_ceiling import limit_line_power
 from raki.recon import (
     DEFAULT_METHOD,
     METHODS,
+    MethodChoice,
     ReconResult,
     apply_weights,
     blind_spots,
+    default_method_for,
     lattice_offset,
     reconstruct,
 )
@@ -171,3 +173,20 @@ def test_the_default_beats_grappa_where_noise_dominates_and_keeps_it_where_it_do
         default = nmse(reference, reconstruct(scan, DEFAULT_METHOD, iterations=150).image)
         ratios[snr] = default / nmse(reference, reconstruct(scan, "grappa").image)
     assert ratios[8.0] < 0.95 and ratios[40.0] < 1.03
+
+
+def test_the_default_gives_way_to_grappa_only_where_the_networks_cannot_train(phantom):
+    from raki.sampling import equispaced_mask, undersample
+
+    assert default_method_for(undersampled(phantom, 3, 12)) == MethodChoice("rraki")
+    small = default_method_for(undersampled(phantom, 3, 6))  # networks need 7, GRAPPA 4
+    assert small.method == "grappa" and "ACS of 6 lines is too small" in small.fallback_reason
+    mask = equispaced_mask(40, 3, 12)
+    moved = np.flatnonzero(mask)[1]
+    mask[moved], mask[moved + 1] = False, True  # one gap of 4, one of 2: no lattice
+    irregular = Scan.from_kspace(undersample(phantom.kspace, mask), mask)
+    choice = default_method_for(irregular)
+    assert choice.method == "grappa" and "equispaced" in choice.fallback_reason
+    reconstruct(irregular, choice.method)  # and GRAPPA does reconstruct it
+    # Fully sampled: nothing to fall back to; the default's own error will say why.
+    assert default_method_for(phantom) == MethodChoice("rraki")
