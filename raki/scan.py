@@ -119,11 +119,8 @@ class Scan:
                 )
             if not sampled[self.acs.as_slice()].all():
                 raise InvalidScanError("the sampling mask skips lines inside the ACS block")
-            if self.acceleration > 1 and self.acs.lines < self.acceleration + 1:
-                raise InvalidScanError(
-                    f"ACS of {self.acs.lines} lines is too small to calibrate a kernel at "
-                    f"R={self.acceleration}: at least {self.acceleration + 1} are needed"
-                )
+        # An ACS too small to calibrate on is still a scan (to inspect, convert, zero-fill):
+        # each method says what it needs (raki.grappa, raki.train.check_trainable).
         object.__setattr__(self, "kspace", kspace)
         object.__setattr__(self, "sampled", sampled)
 
