@@ -410,7 +410,10 @@ def _largest_eigenvalue(gram: np.ndarray, steps: int = 20) -> float:
     vector = np.ones(gram.shape[0], dtype=gram.dtype)
     for _ in range(steps):
         vector = gram @ vector
-        vector /= np.linalg.norm(vector)
+        norm = np.linalg.norm(vector)
+        if norm == 0.0:
+            return 0.0  # sources that are all zero: nothing to scale lambda by
+        vector /= norm
     return float(np.real(vector.conj() @ gram @ vector))
 
 
