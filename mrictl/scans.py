@@ -36,10 +36,18 @@ def simulate_scan_file(
 
 
 def undersample_scan_file(
-    source: Path, out: Path, *, acceleration: int, acs_lines: int, axis_order: str | None = None
+    source: Path,
+    out: Path,
+    *,
+    acceleration: int,
+    acs_lines: int,
+    axis_order: str | None = None,
+    spacing: str = "lattice",
 ) -> dict[str, Any]:
     """Retrospectively undersample a fully sampled scan file into a new file."""
-    scan: Scan = read_scan(source, axis_order=axis_order).undersampled(acceleration, acs_lines)
+    scan: Scan = read_scan(source, axis_order=axis_order).undersampled(
+        acceleration, acs_lines, spacing=spacing
+    )
     written = write_scan(scan, out)
     return {"file": written.name, "path": str(written), **scan.summary()}
 

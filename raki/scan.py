@@ -18,11 +18,15 @@ from raki.sampling import (
     centred_acs_block,
     describe_sampling,
     equispaced_mask,
+    infer_acceleration,
     is_equispaced,
+    rounded_spacing_mask,
     undersample,
 )
 
 Vector3 = tuple[float, float, float]
+# "lattice": every R-th line; "fastmri": fastMRI's equispaced masks (rounded wider spacing).
+UNDERSAMPLING_SPACINGS = ("lattice", "fastmri")
 
 
 @dataclass(frozen=True)
@@ -189,22 +193,34 @@ class Scan:
         """A copy with some fields changed, validated again."""
         return dataclasses.replace(self, **changes)
 
-    def undersampled(self, acceleration: int, acs_lines: int) -> Scan:
+    def undersampled(self, acceleration: int, acs_lines: int, *, spacing: str = "lattice") -> Scan:
         """This fully sampled scan retrospectively undersampled: every R-th line plus a centred ACS.
 
-        The ACS block is exactly `acs_lines` long even where a lattice line touches it.
+        The ACS block is exactly `acs_lines` long even where a lattice line touches it. With
+        `spacing="fastmri"` the mask is made as fastMRI's equispaced masks are
+        (`raki.sampling.rounded_spacing_mask`: 1/R of all lines, ACS included, so the outer gaps
+        are wider than R and vary by one); the scan's R is then its commonest outer gap.
         """
+        if spacing not in UNDERSAMPLING_SPACINGS:
+            raise InvalidScanError(
+                f"unknown spacing {spacing!r}; choose one of {', '.join(UNDERSAMPLING_SPACINGS)}"
+            )
         if not self.is_fully_sampled:
             raise InvalidScanError(
                 f"only a fully sampled scan can be undersampled retrospectively; this one has "
                 f"{int(self.sampled.sum())} of {self.sampled.size} ky lines"
             )
         num_lines = self.matrix[1]
-        mask = equispaced_mask(num_lines, acceleration, acs_lines)
+        acs = centred_acs_block(num_lines, acs_lines) if acs_lines > 0 else None
+        if spacing == "fastmri":
+            mask = rounded_spacing_mask(num_lines, acceleration, acs_lines)
+            acceleration = infer_acceleration(mask, acs)
+        else:
+            mask = equispaced_mask(num_lines, acceleration, acs_lines)
         return self.replace(
             kspace=undersample(self.kspace, mask),
             sampled=mask,
-            acs=centred_acs_block(num_lines, acs_lines) if acs_lines > 0 else None,
+            acs=acs,
             acceleration=acceleration,
         )
 

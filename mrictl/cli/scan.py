@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,12 @@ from mrictl.output import Output, key_value_table
 app = typer.Typer(
     help="Inspect, simulate, undersample and convert scan files.", no_args_is_help=True
 )
+
+
+class Spacing(StrEnum):
+    lattice = "lattice"
+    fastmri = "fastmri"
+
 
 ExistingFile = Annotated[Path, typer.Argument(help="A scan file (format detected from content).")]
 OutFile = Annotated[Path, typer.Option("--out", "-o", help="File to write (format from suffix).")]
@@ -74,12 +81,20 @@ def undersample(
     out: OutFile,
     accel: Annotated[int, typer.Option("--accel", min=2, help="Acceleration R.")],
     acs: Annotated[int, typer.Option("--acs", min=0, help="Centred ACS lines.")] = 24,
+    spacing: Annotated[
+        Spacing,
+        typer.Option(
+            "--spacing",
+            help="lattice: every R-th line; fastmri: 1/R of all lines with the ACS counted, "
+            "rounded wider gaps (fastMRI's equispaced masks; GRAPPA only).",
+        ),
+    ] = Spacing.lattice,
     axis_order: AxisOrderOption = None,
     json: JsonFlag = False,
 ) -> None:
     """Retrospectively undersample a fully sampled scan (every R-th line + centred ACS)."""
     document = scans.undersample_scan_file(
-        path, out, acceleration=accel, acs_lines=acs, axis_order=axis_order
+        path, out, acceleration=accel, acs_lines=acs, axis_order=axis_order, spacing=spacing.value
     )
     _render(Output(json), document, f"wrote {out.name}")
 

@@ -40,6 +40,44 @@ def test_undersample_reports_r_and_acs_when_read_back(tmp_path):
     assert not info["fully_sampled"]
 
 
+def test_fastmri_spacing_makes_a_mask_that_recon_run_fills_with_grappa(tmp_path):
+    """fastMRI's masks keep 1/R of all lines, the ACS included, so the outer gaps are wider than
+    R and vary; the default method cannot train its lattice networks there and says so."""
+    full, under = tmp_path / "full.h5", tmp_path / "fastmri.h5"
+    assert invoke("scan", "simulate", "--out", str(full), "--matrix", "64x96").exit_code == 0
+    done = invoke(
+        "scan",
+        "undersample",
+        str(full),
+        "--accel",
+        "3",
+        "--acs",
+        "12",
+        "--spacing",
+        "fastmri",
+        "--out",
+        str(under),
+        "--json",
+    )
+    assert done.exit_code == 0, done.stderr
+    info = done.json()
+    assert info["sampled_lines"] == 32 and info["acs_lines"] == 12 and not info["equispaced"]
+    recon = invoke(
+        "recon",
+        "run",
+        str(under),
+        "--reference",
+        str(full),
+        "--out",
+        str(tmp_path / "r.h5"),
+        "--json",
+    )
+    assert recon.exit_code == 0, recon.stderr
+    document = recon.json()
+    assert document["method"] == "grappa" and "equispaced" in document["fallback"]
+    assert document["metrics"]["ssim"] > 0.9
+
+
 def test_convert_to_mrd_and_back_keeps_the_kspace(tmp_path):
     source, mrd, back = tmp_path / "a.h5", tmp_path / "a.mrd", tmp_path / "b.h5"
     assert invoke("scan", "simulate", "--out", str(source), "--matrix", "32x24").exit_code == 0

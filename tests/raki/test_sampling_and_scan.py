@@ -95,3 +95,12 @@ def test_identifiers_are_kept_apart_and_stripped():
     scan = Scan.from_kspace(_kspace(), identifiers=Identifiers(patient_name="DOE^JANE"))
     assert "DOE" not in repr(scan.summary())
     assert scan.deidentified().identifiers.is_empty
+
+
+def test_fastmri_spacing_keeps_one_in_r_lines_with_the_acs_counted():
+    full = Scan.from_kspace(np.ones((1, 2, 8, 368), np.complex64))
+    scan = full.undersampled(4, 30, spacing="fastmri")
+    assert abs(scan.sampled.mean() - 0.25) < 0.01
+    assert scan.acs.lines == 30 and scan.acceleration in (5, 6) and not scan.is_equispaced
+    with pytest.raises(InvalidScanError, match="unknown spacing 'random'"):
+        full.undersampled(4, 30, spacing="random")
