@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grappa_peer import data_folder, machine, pygrappa_filled
+from quality import has_pygrappa
 
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
@@ -37,14 +38,6 @@ from raki.scan import Scan
 FILES = ("brain_8ch_320x168.h5", "brain_16ch_96x96.h5", "brain_16ch_64x64.h5")
 # (R, ACS share of the lines): fastMRI's two standard settings.
 SETTINGS = ((4, 0.08), (8, 0.04))
-
-
-def has_pygrappa() -> bool:
-    try:
-        import pygrappa  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def main() -> int:
