@@ -145,8 +145,3 @@ class GrappaKernel:
 def _as_pair(values: np.ndarray) -> tuple[int, int]:
     first, second = (int(v) for v in np.asarray(values).ravel())
     return first, second
-
-
-def _as_pair(values: np.ndarray) -> tuple[int, int]:
-    first, second = (int(v) for v in np.asarray(values).ravel())
-    return first, second

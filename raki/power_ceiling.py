@@ -6,7 +6,8 @@ it. Where a kernel fitted on too small an ACS amplifies noise, the filled line c
 louder than both, and the RSS image is worse than zero-filling: GRAPPA at R = 8 with 14 ACS
 lines on the 8-coil brain, NMSE 0.118 against zero-fill's 0.073. Scaling each such line down
 to the louder neighbour's power (per coil) brings it to 0.073 and leaves well-calibrated
-reconstructions as they were (docs/benchmarks.md, "Power ceiling").
+reconstructions as they were (docs/benchmarks.md, "Small ACS blocks and settings no issue
+names"; scripts/bench/small_acs.py).
 """
 
 from __future__ import annotations

@@ -96,8 +96,8 @@ def default_threads() -> int:
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """One BLAS thread inside: for linear algebra of a few hundred unknowns (GRAPPA's), thread
-    hand-offs cost more than they save. Measured on the 2-core build machine: GRAPPA on a
-    16-coil 64x64 slice 51 ms against 152 ms with two threads, a 32-coil 320x256 one 479 ms
-    against 616 ms (docs/benchmarks.md)."""
+    hand-offs cost more than they save. Measured during development on the 2-core machines (no
+    command kept, docs/benchmarks.md): GRAPPA on a 16-coil 64x64 slice 51 ms against 152 ms
+    with two threads, on a 32-coil 320x256 one 479 ms against 616 ms."""
     with threadpool_limits(limits=1, user_api="blas"):
         yield

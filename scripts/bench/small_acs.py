@@ -15,7 +15,7 @@ fastMRI's definition) for:
   closer ACS lines, no ceiling;
 - "patterns + ceiling": GRAPPA as the method now runs (`reconstruct_grappa`).
 
-Cases are settings no issue names: ACS blocks of 2R - 4R + 2 lines, fastMRI's R = 8 with a 4%
+Cases are settings no issue names: ACS blocks of 1.5R to 3R lines, fastMRI's R = 8 with a 4%
 ACS among them, plus two grid cases to show that well-calibrated GRAPPA is left alone.
 """
 
