@@ -102,6 +102,18 @@ def holdout_positions(positions: int, fraction: float, device: torch.device) -> 
     return mask
 
 
+def _parameter_groups(
+    networks: RakiNetworks | ResidualRakiNetworks, linear_rate_scale: float, learning_rate: float
+) -> list[dict[str, object]]:
+    """Adam's parameter groups: rRAKI's linear branch at its own rate, the CNN at the base rate."""
+    if not isinstance(networks, ResidualRakiNetworks) or linear_rate_scale == 1.0:
+        return [{"params": list(networks.parameters()), "lr": learning_rate}]
+    return [
+        {"params": [networks.linear.weight], "lr": learning_rate * linear_rate_scale},
+        {"params": list(networks.cnn.parameters()), "lr": learning_rate},
+    ]
+
+
 @contextlib.contextmanager
 def denormals_flushed() -> Iterator[None]:
     """Flush denormal floats to zero on the CPU while training, then back to torch's default.
@@ -125,6 +137,7 @@ def fit_networks(
     iterations: int = DEFAULT_ITERATIONS,
     learning_rate: float = 3e-3,
     linear_weight: float = 0.0,
+    linear_rate_scale: float = 1.0,
     progress: ProgressCallback | None = None,
     slice_index: int = 0,
     precision: str = "fp32",
@@ -146,8 +159,10 @@ def fit_networks(
     With `batch_fraction` < 1 each iteration sees that share of the readout patches
     (`readout_patches`), drawn from a generator seeded with `seed`; the loss is scaled by
     sqrt(1 / share) so that its curve stays comparable with full-batch training.
+    rRAKI's linear branch learns at `linear_rate_scale` x `learning_rate`
+    (`raki.linear_branch.linear_rate_scale`).
     """
-    optimizer = torch.optim.Adam(networks.parameters(), lr=learning_rate)
+    optimizer = torch.optim.Adam(_parameter_groups(networks, linear_rate_scale, learning_rate))
     scheduler = None
     if lr_schedule == "cosine":
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=iterations)

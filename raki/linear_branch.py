@@ -19,10 +19,12 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from raki.model import KX_MARGIN, RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES
+from raki.model import RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES
 
 # Source lines of the starting kernel: the two lattice lines around the gap.
 BRACKET_LINES = 2
+# Learning-rate factor of the branch while it has more weights than the ACS gives equations.
+UNDERDETERMINED_RATE_SCALE = 0.1
 
 
 def complex_channels(channels: torch.Tensor) -> torch.Tensor:
@@ -32,21 +34,25 @@ def complex_channels(channels: torch.Tensor) -> torch.Tensor:
     return torch.complex(channels[:coils], channels[coils:])
 
 
-def bracket_system(acs: torch.Tensor, acceleration: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Complex patches [Nc x 7 x 2, positions] and targets [Nc (R-1), positions] of the ACS.
+def bracket_system(
+    acs: torch.Tensor, acceleration: int, width: int = RECEPTIVE_KX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Complex patches [Nc x width x 2, positions] and targets [Nc (R-1), positions] of the ACS.
 
-    `acs` is complex [Nc, kx, L]; a position is a readout row with its 7-point neighbourhood
-    inside the block and a ky line y with y + R inside it; its targets are lines y + 1 .. y + R - 1.
+    `acs` is complex [Nc, kx, L]; a position is a readout row with its `width`-point
+    neighbourhood inside the block and a ky line y with y + R inside it; its targets are lines
+    y + 1 .. y + R - 1.
     """
     coils, kx, lines = acs.shape
     positions = lines - acceleration
     window = acs[None, :, :, : positions + acceleration]
-    shape, dilation = (RECEPTIVE_KX, BRACKET_LINES), (1, acceleration)
+    shape, dilation = (width, BRACKET_LINES), (1, acceleration)
     patches = torch.complex(
         functional.unfold(window.real, shape, dilation=dilation)[0],
         functional.unfold(window.imag, shape, dilation=dilation)[0],
     )
-    rows = slice(KX_MARGIN, kx - KX_MARGIN)
+    margin = width // 2
+    rows = slice(margin, kx - margin)
     targets = torch.stack(
         [acs[:, rows, offset : offset + positions] for offset in range(1, acceleration)], dim=1
     )
@@ -82,21 +88,44 @@ def tikhonov(patches: torch.Tensor, targets: torch.Tensor, regularization: float
     return adjoint.conj().T
 
 
-def fit_linear_kernel(
-    inputs: torch.Tensor, acceleration: int, regularization: float
+def fit_bracket_kernel(
+    inputs: torch.Tensor, acceleration: int, regularization: float, width: int = RECEPTIVE_KX
 ) -> torch.Tensor:
-    """The branch's start [2 Nc (R-1), 2 Nc, 7, 3] from the ACS channels [1, 2 Nc, kx, L].
+    """Complex GRAPPA-like weights [Nc (R-1), Nc, width, 2] over the two lines around the gap.
 
-    `regularization` is lambda relative to s_max^2, as in `raki.grappa`. Solved in float64.
+    `inputs` are the ACS channels [1, 2 Nc, kx, L]; `regularization` is lambda relative to
+    s_max^2, as in `raki.grappa`. Solved in float64.
     """
     acs = complex_channels(inputs[0])
     coils = acs.shape[0]
-    patches, targets = bracket_system(acs, acceleration)
-    bracket = tikhonov(patches, targets, regularization).reshape(
-        coils * (acceleration - 1), coils, RECEPTIVE_KX, BRACKET_LINES
+    patches, targets = bracket_system(acs, acceleration, width)
+    return tikhonov(patches, targets, regularization).reshape(
+        coils * (acceleration - 1), coils, width, BRACKET_LINES
     )
+
+
+def fit_linear_kernel(
+    inputs: torch.Tensor, acceleration: int, regularization: float
+) -> torch.Tensor:
+    """The branch's start [2 Nc (R-1), 2 Nc, 7, 3] from the ACS channels [1, 2 Nc, kx, L]."""
+    bracket = fit_bracket_kernel(inputs, acceleration, regularization)
     kernel = torch.zeros(
         *bracket.shape[:3], RECEPTIVE_LATTICE_LINES, dtype=bracket.dtype, device=bracket.device
     )
     kernel[..., :BRACKET_LINES] = bracket
     return real_kernel(kernel, acceleration).to(inputs.dtype)
+
+
+def linear_rate_scale(in_channels: int, readout_positions: int, ky_positions: int) -> float:
+    """Learning-rate factor of the linear branch: 1, or 0.1 where its fit is underdetermined.
+
+    Each output of the branch has `in_channels` x 7 x 3 real weights and one equation per ACS
+    training position ((kx - 6) x (ACS - 2R)). With fewer equations than weights, Adam, whose
+    steps ignore how flat a direction is, walks the start's damped kernel along directions the
+    ACS does not constrain: it fits noise. On the 16-coil 64x64 prescan (R = 5 and 6 with 20
+    ACS lines, R = 3 with 12) that put the default 8-25% behind GRAPPA; a tenth of the rate
+    gave 0.99-1.10x (docs/benchmarks.md, "The linear branch's rate").
+    """
+    unknowns = in_channels * RECEPTIVE_KX * RECEPTIVE_LATTICE_LINES
+    equations = readout_positions * ky_positions
+    return 1.0 if equations >= unknowns else UNDERDETERMINED_RATE_SCALE

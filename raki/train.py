@@ -44,7 +44,7 @@ from raki.fit import (
     readout_patches,
 )
 from raki.grappa import DEFAULT_KERNEL_SIZE, automatic_lambda, fit_grappa
-from raki.linear_branch import fit_linear_kernel
+from raki.linear_branch import fit_linear_kernel, linear_rate_scale
 from raki.model import (
     HIDDEN_CHANNELS,
     KX_MARGIN,
@@ -57,6 +57,7 @@ from raki.model import (
     split_slices,
     to_channels,
 )
+from raki.network_start import NETWORK_STARTS, embed_linear_start, grappa_kernel_for_layer1
 from raki.oversampling import crop_readout, resolve_oversampling
 from raki.runtime import tune_process
 from raki.scan import Scan
@@ -93,10 +94,17 @@ class TrainingConfig:
     # rRAKI: weight of the linear branch's own error in the loss (Zhang et al. 2022). 0 measured
     # best on the noisy 8-coil brain (NMSE 0.0094 against 0.0120 with 1) and equal elsewhere.
     linear_weight: float = 0.0
-    # rRAKI: Tikhonov weight, relative to s_max^2, of the complex least-squares fit that
-    # starts the linear branch (raki.linear_branch); None: our GRAPPA's automatic lambda for
-    # each slice's ACS (raki.grappa.automatic_lambda).
+    # Tikhonov weight, relative to s_max^2, of the complex least-squares fit that starts
+    # rRAKI's linear branch (raki.linear_branch) and RAKI's "grappa" start; None: our GRAPPA's
+    # automatic lambda for each slice's ACS (raki.grappa.automatic_lambda).
     linear_regularization: float | None = None
+    # RAKI: "random" (the paper) or "grappa": the networks start as a GRAPPA kernel carried by
+    # ReLU pairs (raki.network_start). rRAKI's linear branch always starts as GRAPPA.
+    network_start: str = "random"
+    # rRAKI: the linear branch's learning rate as a fraction of `learning_rate`; None: 1, or
+    # 0.1 where the ACS gives fewer equations than the branch has weights
+    # (raki.linear_branch.linear_rate_scale).
+    linear_rate_scale: float | None = None
     # rRAKI: share of our GRAPPA (raki.grappa, its own kernel and lambda) in the output; the
     # rest is the rRAKI networks' prediction. With 0.5 the default beats GRAPPA on 18 of the
     # 19 quality-grid cases (see `raki.recon`).
@@ -189,6 +197,15 @@ class TrainingConfig:
                 f"linear_regularization must be >= 0, got {self.linear_regularization}",
             ),
             (
+                self.network_start not in NETWORK_STARTS,
+                f"network_start must be one of {', '.join(NETWORK_STARTS)}, "
+                f"got {self.network_start!r}",
+            ),
+            (
+                self.linear_rate_scale is not None and not 0.0 < self.linear_rate_scale <= 1.0,
+                f"linear_rate_scale must lie in (0, 1], got {self.linear_rate_scale}",
+            ),
+            (
                 self.slices_per_batch is not None and self.slices_per_batch < 1,
                 f"slices_per_batch must be >= 1, got {self.slices_per_batch}",
             ),
@@ -279,13 +296,21 @@ def _start_networks(
     networks = build_networks(method, acs.shape[0], acceleration, config.hidden, generator)
     if initial_state is not None:
         networks.load_state_dict(initial_state)
-    if isinstance(networks, ResidualRakiNetworks):
+    grappa_start = config.network_start == "grappa" and initial_state is None
+    if isinstance(networks, ResidualRakiNetworks) or grappa_start:
         regularization = config.linear_regularization
         if regularization is None:
             kernel_size = (min(DEFAULT_KERNEL_SIZE[0], acs.shape[1]), DEFAULT_KERNEL_SIZE[1])
             regularization = automatic_lambda(acs, acceleration, kernel_size=kernel_size)
-        with torch.no_grad():
-            networks.linear.weight.copy_(fit_linear_kernel(inputs, acceleration, regularization))
+        if isinstance(networks, ResidualRakiNetworks):
+            with torch.no_grad():
+                networks.linear.weight.copy_(
+                    fit_linear_kernel(inputs, acceleration, regularization)
+                )
+        else:
+            embed_linear_start(
+                networks, grappa_kernel_for_layer1(inputs, acceleration, regularization)
+            )
     return networks, scale, inputs, targets
 
 
@@ -307,6 +332,7 @@ def _fit(
         iterations=config.iterations,
         learning_rate=config.learning_rate,
         linear_weight=config.linear_weight,
+        linear_rate_scale=config.linear_rate_scale or 1.0,
         progress=progress,
         slice_index=slice_index,
         precision=config.precision,
@@ -388,6 +414,13 @@ def resolve_precision(precision: str, method: str, device: torch.device) -> str:
     return "bf16" if method == "rraki" and has_native_bf16(device) else "fp32"
 
 
+def resolve_linear_rate_scale(acs: np.ndarray, acceleration: int) -> float:
+    """`raki.linear_branch.linear_rate_scale` for ACS [slice, coil, kx, L] as trained."""
+    _, coils, readout, lines = acs.shape
+    ky_positions = lines - (RECEPTIVE_LATTICE_LINES - 1) * acceleration
+    return linear_rate_scale(2 * coils, readout - 2 * KX_MARGIN, ky_positions)
+
+
 def readout_factor(scan: Scan, method: str, requested: float | None) -> float:
     """The readout oversampling to remove: `requested`, else the file's for rraki, else none."""
     if requested is None and method == "raki":
@@ -434,6 +467,9 @@ def train_scan(
     if config.coil_energy is not None:
         compression = fit_compression(acs, config.coil_energy)
         acs = compression.compress(acs)
+    if config.linear_rate_scale is None and method == "rraki":
+        rate_scale = resolve_linear_rate_scale(acs, scan.acceleration)
+        config = replace(config, linear_rate_scale=rate_scale)
     batch = slices_per_batch(config, torch_device, scan.num_slices)
     if batch > 1 and (config.warm_start or config.early_stop_patience is not None):
         raise InvalidScanError(

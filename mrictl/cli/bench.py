@@ -41,6 +41,7 @@ def bench(
     early_stop: flags.EarlyStopOption = None,
     readout_oversampling: flags.OversamplingOption = None,
     slices_per_batch: flags.SliceBatchOption = None,
+    network_start: flags.NetworkStartOption = None,
     json: JsonFlag = False,
 ) -> None:
     """Time a standard phantom study: seconds per slice, slices per hour, cost per scan."""

@@ -69,6 +69,7 @@ def run(
     early_stop: flags.EarlyStopOption = None,
     readout_oversampling: flags.OversamplingOption = None,
     slices_per_batch: flags.SliceBatchOption = None,
+    network_start: flags.NetworkStartOption = None,
     json: JsonFlag = False,
 ) -> None:
     """Reconstruct one scan file now, on this machine."""

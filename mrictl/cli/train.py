@@ -31,6 +31,7 @@ def train(
     early_stop: flags.EarlyStopOption = None,
     readout_oversampling: flags.OversamplingOption = None,
     slices_per_batch: flags.SliceBatchOption = None,
+    network_start: flags.NetworkStartOption = None,
     json: JsonFlag = False,
 ) -> None:
     """Train RAKI networks on a scan's ACS and save them (apply with `recon run --weights`)."""

@@ -19,6 +19,11 @@ class Schedule(StrEnum):
     cosine = "cosine"
 
 
+class NetworkStart(StrEnum):
+    random = "random"
+    grappa = "grappa"
+
+
 class Precision(StrEnum):
     auto = "auto"
     fp32 = "fp32"
@@ -79,6 +84,14 @@ OversamplingOption = Annotated[
         "the work). Default: rraki removes what the file declares, raki keeps the full readout.",
     ),
 ]
+NetworkStartOption = Annotated[
+    NetworkStart | None,
+    typer.Option(
+        "--network-start",
+        help="raki: random (as published, the default), or grappa: the networks start as a "
+        "GRAPPA kernel (much better on high-SNR data, slightly worse on noisy data).",
+    ),
+]
 SliceBatchOption = Annotated[
     int | None,
     typer.Option(
@@ -99,6 +112,7 @@ FIELDS = {
     "early_stop": "early_stop_patience",
     "readout_oversampling": "readout_oversampling",
     "slices_per_batch": "slices_per_batch",
+    "network_start": "network_start",
 }
 
 

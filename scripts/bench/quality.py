@@ -83,10 +83,18 @@ def score_methods(
     iterations: int | None,
     seed: int = 0,
     precision: str = "auto",
+    linear_rate_scale: float | None = None,
+    network_start: str = "random",
 ) -> dict[str, dict[str, float]]:
     reference = rss_image(full.kspace)
     scan = full.undersampled(acceleration, acs_lines)
     rows: dict[str, dict[str, float]] = {}
+    config = TrainingConfig(
+        seed=seed,
+        precision=precision,
+        linear_rate_scale=linear_rate_scale,
+        network_start=network_start,
+    )
     for method in methods:
         start = time.perf_counter()
         if method == "pygrappa":
@@ -95,10 +103,8 @@ def score_methods(
             # What `mrictl recon run` does when no method is named (GRAPPA where the ACS is
             # too small for the networks).
             ran = default_method_for(scan).method
-            config = TrainingConfig(seed=seed, precision=precision)
             image = reconstruct(scan, ran, iterations=iterations, config=config).image
         else:
-            config = TrainingConfig(seed=seed, precision=precision)
             image = reconstruct(scan, method, iterations=iterations, config=config).image
         seconds = time.perf_counter() - start
         rows[method] = {**evaluate(reference, image), "time_s": seconds}
@@ -151,6 +157,14 @@ def main() -> int:
     parser.add_argument(
         "--precision", default="auto", help="training precision: auto (default), fp32 or bf16"
     )
+    parser.add_argument(
+        "--linear-rate-scale",
+        type=float,
+        help="rraki: the linear branch's learning-rate factor (default: the library's rule)",
+    )
+    parser.add_argument(
+        "--network-start", default="random", help="raki: random (the paper) or grappa"
+    )
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m and (m != "pygrappa" or has_pygrappa())]
     cases = []
@@ -181,7 +195,15 @@ def main() -> int:
             continue
         print(f"{name} R={acceleration} ACS={acs_lines}", flush=True)
         rows = score_methods(
-            full, acceleration, acs_lines, methods, args.iterations, args.seed, args.precision
+            full,
+            acceleration,
+            acs_lines,
+            methods,
+            args.iterations,
+            args.seed,
+            args.precision,
+            args.linear_rate_scale,
+            args.network_start,
         )
         cases.append({"data": name, "R": acceleration, "acs": acs_lines, "methods": rows})
     table = markdown(cases)
@@ -192,6 +214,8 @@ def main() -> int:
         "iterations": args.iterations,
         "seed": args.seed,
         "precision": args.precision,
+        "linear_rate_scale": args.linear_rate_scale,
+        "network_start": args.network_start,
         "cases": cases,
         "markdown": table,
     }

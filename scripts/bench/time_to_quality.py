@@ -70,6 +70,7 @@ CONFIGS: dict[str, tuple[str, TrainingConfig, float | None]] = {
         replace(FAITHFUL, readout_oversampling=2.0),
         None,
     ),
+    "raki grappa start, 1000 it": ("raki", replace(FAITHFUL, network_start="grappa"), None),
     "rraki default 1000 it": ("rraki", DEFAULT, None),
     "rraki 1000 it, full readout": ("rraki", replace(DEFAULT, readout_oversampling=1.0), None),
     "rraki 1000 it, readout oversampling removed": (

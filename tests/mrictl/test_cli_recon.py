@@ -136,6 +136,8 @@ def test_training_flags_reach_the_saved_weights(tmp_path, full_scan):
         "0.5",
         "--coil-energy",
         "0.999",
+        "--network-start",
+        "grappa",
         "--json",
     )
     assert trained.exit_code == 0, trained.stderr
@@ -146,6 +148,7 @@ def test_training_flags_reach_the_saved_weights(tmp_path, full_scan):
         0.5,
     )
     assert saved["coil_energy"] == 0.999 and saved["iterations"] == 20
+    assert saved["network_start"] == "grappa"
 
 
 def test_faithful_flag_and_bad_training_values(tmp_path, full_scan):

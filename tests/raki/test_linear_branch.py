@@ -1,17 +1,26 @@
 """rRAKI's linear branch start: GRAPPA's complex two-line kernel inside the networks' field."""
 
 import numpy as np
+import pytest
 import torch
 from torch.nn import functional
 
 from raki.fft import rss_image
+from raki.fit import fit_networks
 from raki.grappa import reconstruct_grappa
-from raki.linear_branch import complex_channels, fit_linear_kernel, real_kernel, tikhonov
+from raki.linear_branch import (
+    UNDERDETERMINED_RATE_SCALE,
+    complex_channels,
+    fit_linear_kernel,
+    linear_rate_scale,
+    real_kernel,
+    tikhonov,
+)
 from raki.metrics import nmse
 from raki.model import RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES, to_channels
 from raki.phantom import simulate_scan
 from raki.recon import blind_spots, fill_slice, lattice_offset
-from raki.train import TrainingConfig, _start_networks
+from raki.train import TrainingConfig, _start_networks, train_scan
 
 
 def complex_noise(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -73,3 +82,39 @@ def test_blind_spots_are_the_readout_margins_and_the_lines_past_the_last_full_la
     inside = blind[3:-3]
     # Line 0's anchor is -2 (outside); lines 1..6 use 1, 4, 7 or 4, 7, 10; 7.. need 13.
     assert inside.all(axis=0).tolist() == [True] + [False] * 6 + [True] * 5
+
+
+def test_the_branch_learns_slower_only_where_the_acs_underdetermines_it():
+    """16 coils: 32 x 7 x 3 = 672 weights per output. 58 readout x 8 ky positions (464
+    equations) underdetermine them; 90 x 16 (1440) do not."""
+    assert linear_rate_scale(32, 58, 8) == UNDERDETERMINED_RATE_SCALE
+    assert linear_rate_scale(32, 90, 16) == 1.0
+    assert linear_rate_scale(32, 672, 1) == 1.0
+
+
+def test_the_branch_rate_scale_reaches_adam_and_the_weights_record():
+    """Adam's first step moves each weight by about its rate: the branch by a tenth of the
+    CNN's when scaled; a small ACS resolves to the scale and the weights keep it."""
+    full = simulate_scan((32, 48), num_coils=8, snr=40.0, seed=6)
+    scan = full.undersampled(4, 12)  # 26 readout x 4 ky positions against 16 x 21 weights
+    acs = scan.acs_kspace()[0]
+    steps = {}
+    for rate_scale in (1.0, 0.1):
+        networks, _, inputs, targets = _start_networks(acs, 4, "rraki", TrainingConfig())
+        before = networks.linear.weight.detach().clone()
+        fit_networks(
+            networks,
+            inputs,
+            targets,
+            4,
+            iterations=1,
+            learning_rate=1e-3,
+            linear_rate_scale=rate_scale,
+        )
+        steps[rate_scale] = float((networks.linear.weight.detach() - before).abs().max())
+    assert steps[1.0] == pytest.approx(1e-3, rel=0.05)
+    assert steps[0.1] == pytest.approx(1e-4, rel=0.05)
+
+    weights = train_scan(scan, "rraki", iterations=2)
+    assert weights.hyperparameters["linear_rate_scale"] == UNDERDETERMINED_RATE_SCALE
+    assert train_scan(scan, "raki", iterations=2).hyperparameters["linear_rate_scale"] is None

@@ -3,14 +3,18 @@
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional
 
 from raki.model import (
+    FIRST_KERNEL,
+    HIDDEN_CHANNELS,
     RakiNetworks,
     ResidualRakiNetworks,
     build_networks,
     from_channels,
     to_channels,
 )
+from raki.network_start import carried_lines, embed_linear_start
 
 
 def single_network_from(fused: RakiNetworks, index: int) -> RakiNetworks:
@@ -94,3 +98,24 @@ def test_channels_round_trip():
     assert channels.shape == (2, 6, 5, 4) and channels.dtype == np.float32
     np.testing.assert_array_equal(channels[:, :3], kspace.real)
     np.testing.assert_array_equal(from_channels(channels), kspace)
+
+
+@pytest.mark.parametrize("acceleration", [2, 4, 5, 7])
+def test_the_grappa_start_computes_the_kernel_it_carries(acceleration):
+    """relu(a) - relu(-a) = a: before training, each carried output is the linear kernel's
+    prediction (outputs past the fourth, from R = 6, keep a random start)."""
+    channels, outputs = 6, acceleration - 1
+    networks = RakiNetworks(channels, channels, outputs, generator=torch.Generator().manual_seed(0))
+    kernel = torch.randn(channels * outputs, channels, *FIRST_KERNEL, dtype=torch.float32)
+    embed_linear_start(networks, kernel)
+    lattice = torch.randn(1, channels, 20, 9)
+    with torch.no_grad():
+        predicted = networks(lattice)
+        linear = functional.conv2d(lattice, kernel)[:, :, 1:-1, :-1]
+    carried = carried_lines(acceleration, HIDDEN_CHANNELS)
+    assert carried == min(outputs, 4)
+    per_network = predicted.reshape(1, channels, outputs, 14, 7)
+    expected = linear.reshape(1, channels, outputs, 14, 7)
+    torch.testing.assert_close(per_network[:, :, :carried], expected[:, :, :carried])
+    if carried < outputs:
+        assert not torch.allclose(per_network[:, :, carried:], expected[:, :, carried:])
