@@ -10,8 +10,9 @@ The one entry point every caller (CLI, workers, benchmarks) uses. Methods:
   RSS image's structure but overshoot its noise floor, regularised GRAPPA shrinks towards zero;
   on clean data GRAPPA is hard to beat and the average keeps its accuracy. On the quality grid
   of docs/benchmarks.md (19 cases: shared sets at R = 3-6, noisy phantoms; 1000 iterations) it
-  beats our GRAPPA on 18 (0.66-0.98x its NMSE) and loses on one (+8%: a 64x64 prescan at
-  R = 5 with 20 ACS lines). Choosing the share by held-out ACS error was tried and rejected:
+  beats our GRAPPA on all 19 (0.66-0.99x its NMSE; the closest, a 64x64 prescan at R = 5
+  with 20 ACS lines, since its linear branch learns slower where the ACS underdetermines it,
+  `raki.linear_branch.linear_rate_scale`). Choosing the share by held-out ACS error was tried and rejected:
   the ACS is the high-signal centre, so its held-out error misses the noise that decides the
   image on noisy data (it picked share ~1 where 0.5 is best).
 - "grappa": `raki.grappa`; "zerofill": the floor.
