@@ -12,9 +12,9 @@ The one entry point every caller (CLI, workers, benchmarks) uses. Methods:
   of docs/benchmarks.md (19 cases: shared sets at R = 3-6, noisy phantoms; 1000 iterations) it
   beats our GRAPPA on all 19 (0.66-0.99x its NMSE; the closest, a 64x64 prescan at R = 5
   with 20 ACS lines, since its linear branch learns slower where the ACS underdetermines it,
-  `raki.linear_branch.linear_rate_scale`). Choosing the share by held-out ACS error was tried and rejected:
-  the ACS is the high-signal centre, so its held-out error misses the noise that decides the
-  image on noisy data (it picked share ~1 where 0.5 is best).
+  `raki.linear_branch.linear_rate_scale`). Choosing the share by held-out ACS error was
+  tried and rejected: the ACS is the high-signal centre, so its held-out error misses the
+  noise that decides the image on noisy data (it picked share ~1 where 0.5 is best).
 - "grappa": `raki.grappa`; "zerofill": the floor.
 
 RAKI and rRAKI run their networks on the lattice of acquired lines only (the ky dilation R of

@@ -19,7 +19,13 @@ import pytest
 
 from mrictl.backends.local import LocalBackend
 from mrictl.pipeline import jobs
-from mrictl.worker import DEBUG_SLEEP_ENV, run_worker, spawn_workers
+from mrictl.worker import (
+    DEBUG_SLEEP_ENV,
+    THREAD_VARIABLES,
+    run_worker,
+    spawn_workers,
+    worker_environment,
+)
 from raki.io.reconstruction import read_reconstruction
 from tests.mrictl.jobs_helpers import (
     RETROSPECTIVE,
@@ -203,3 +209,14 @@ def test_worker_run_with_several_processes_reports_the_jobs_they_did(backend, sc
     assert document["workers"] == 2 and document["jobs_done"] == len(ids)
     assert all(jobs.get_record(backend, job_id)["state"] == "succeeded" for job_id in ids)
     assert list(backend.scratch_dir.iterdir()) == []
+
+
+def test_worker_processes_split_the_cores_and_keep_a_count_the_caller_set():
+    """n processes each starting a thread per core would run n x cores threads on the cores."""
+    split = worker_environment(2, {"PATH": "/bin"}, cores=8)
+    assert [split[name] for name in THREAD_VARIABLES] == ["4", "4", "4"]
+    assert split["PATH"] == "/bin"
+    assert worker_environment(4, {}, cores=2)["OMP_NUM_THREADS"] == "1"
+    assert worker_environment(2, {"OMP_NUM_THREADS": "3"}, cores=8)["OMP_NUM_THREADS"] == "3"
+    one = worker_environment(1, {})
+    assert int(one["OMP_NUM_THREADS"]) >= 1
