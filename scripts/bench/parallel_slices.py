@@ -63,8 +63,11 @@ def split(scan: Scan, parts: int) -> list[Scan]:
     return [scan.replace(kspace=scan.kspace[part::parts]) for part in range(parts)]
 
 
-def parallel_seconds(pool: ProcessPoolExecutor, scan: Scan, method: str, iterations: int) -> float:
-    parts = split(scan, pool._max_workers)
+def parallel_seconds(
+    pool: ProcessPoolExecutor, workers: int, scan: Scan, method: str, iterations: int
+) -> float:
+    """Wall seconds to train `scan`'s slices dealt over the pool's `workers` processes."""
+    parts = split(scan, workers)
     start = time.perf_counter()
     list(pool.map(train_slices, parts, [method] * len(parts), [iterations] * len(parts)))
     return time.perf_counter() - start
@@ -99,7 +102,7 @@ def main() -> int:
                 sequential, parallel = [], []
                 for _ in range(args.repeats):
                     sequential.append(train_slices(scan, method, args.iterations))
-                    parallel.append(parallel_seconds(pool, scan, method, args.iterations))
+                    parallel.append(parallel_seconds(pool, workers, scan, method, args.iterations))
                 row = {
                     "case": case,
                     "method": method,
