@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,6 +14,7 @@ from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
 
 
+@flags.with_training_flags
 def bench(
     method: Annotated[str | None, typer.Option("--method", help="Method to time.")] = None,
     matrix: Annotated[str, typer.Option(help="Readout x phase-encode size.")] = "320x320",
@@ -32,17 +33,8 @@ def bench(
     volume: Annotated[
         bool, typer.Option("--volume", help="Reconstruct the slices as one volume (GPU batch).")
     ] = False,
-    faithful: flags.FaithfulFlag = False,
-    learning_rate: flags.LearningRateOption = None,
-    lr_schedule: flags.ScheduleOption = None,
-    batch_fraction: flags.BatchFractionOption = None,
-    coil_energy: flags.CoilEnergyOption = None,
-    precision: flags.PrecisionOption = None,
-    early_stop: flags.EarlyStopOption = None,
-    readout_oversampling: flags.OversamplingOption = None,
-    slices_per_batch: flags.SliceBatchOption = None,
-    network_start: flags.NetworkStartOption = None,
     json: JsonFlag = False,
+    training: dict[str, Any] | None = None,
 ) -> None:
     """Time a standard phantom study: seconds per slice, slices per hour, cost per scan."""
     from mrictl.bench import BenchSettings, run_bench
@@ -61,7 +53,7 @@ def bench(
         slices_per_scan=slices_per_scan,
         price_per_hour=price_per_hour,
         volume=volume,
-        training=flags.training_overrides(locals()),
+        training=training,
     )
     with output.progress("benchmark", total=slices) as update:
         document = run_bench(settings, lambda done, total: update(completed=done, total=total))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -46,6 +46,7 @@ def progress_reporter(update: Callable[..., None]) -> Callable[[dict], None]:
 
 
 @app.command("run")
+@flags.with_training_flags
 def run(
     source: Annotated[Path, typer.Argument(help="Undersampled (or fully sampled) scan file.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output HDF5 (reconstruction).")],
@@ -60,17 +61,8 @@ def run(
     weights: Annotated[
         Path | None, typer.Option("--weights", help="Apply networks saved by `mrictl train`.")
     ] = None,
-    faithful: flags.FaithfulFlag = False,
-    learning_rate: flags.LearningRateOption = None,
-    lr_schedule: flags.ScheduleOption = None,
-    batch_fraction: flags.BatchFractionOption = None,
-    coil_energy: flags.CoilEnergyOption = None,
-    precision: flags.PrecisionOption = None,
-    early_stop: flags.EarlyStopOption = None,
-    readout_oversampling: flags.OversamplingOption = None,
-    slices_per_batch: flags.SliceBatchOption = None,
-    network_start: flags.NetworkStartOption = None,
     json: JsonFlag = False,
+    training: dict[str, Any] | None = None,
 ) -> None:
     """Reconstruct one scan file now, on this machine."""
     from mrictl.reconstruction import ReconOptions, reconstruct_file
@@ -79,7 +71,6 @@ def run(
     output = Output(json)
     settings = load_settings()
     method = method or settings.method
-    training = flags.training_overrides(locals())
     options = ReconOptions(
         method=method,
         acceleration=accel,

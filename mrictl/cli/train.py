@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -14,6 +14,7 @@ from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
 
 
+@flags.with_training_flags
 def train(
     source: Annotated[Path, typer.Argument(help="Scan to train on (its ACS lines).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Weights file to write.")],
@@ -22,23 +23,13 @@ def train(
     acs: AcsOption = None,
     device: DeviceOption = None,
     iterations: IterationsOption = None,
-    faithful: flags.FaithfulFlag = False,
-    learning_rate: flags.LearningRateOption = None,
-    lr_schedule: flags.ScheduleOption = None,
-    batch_fraction: flags.BatchFractionOption = None,
-    coil_energy: flags.CoilEnergyOption = None,
-    precision: flags.PrecisionOption = None,
-    early_stop: flags.EarlyStopOption = None,
-    readout_oversampling: flags.OversamplingOption = None,
-    slices_per_batch: flags.SliceBatchOption = None,
-    network_start: flags.NetworkStartOption = None,
     json: JsonFlag = False,
+    training: dict[str, Any] | None = None,
 ) -> None:
     """Train RAKI networks on a scan's ACS and save them (apply with `recon run --weights`)."""
     from mrictl.training import train_file
 
     output = Output(json)
-    training = flags.training_overrides(locals())
     with output.progress(f"training {method}", total=None) as update:
         document = train_file(
             source,

@@ -2,12 +2,15 @@
 
 Every flag left out keeps the library default (`raki.train.TrainingConfig`); `--faithful`
 starts from the paper's configuration instead. The flags only say what to change, so the
-defaults stay in one place.
+defaults stay in one place. Commands take them all through `@with_training_flags`, so a new
+lever is declared once here and every command offers it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -102,6 +105,20 @@ SliceBatchOption = Annotated[
 ]
 
 
+# Every training flag: parameter name -> (annotation, default), in the order `--help` lists them.
+TRAINING_FLAGS: dict[str, tuple[Any, Any]] = {
+    "faithful": (FaithfulFlag, False),
+    "learning_rate": (LearningRateOption, None),
+    "lr_schedule": (ScheduleOption, None),
+    "batch_fraction": (BatchFractionOption, None),
+    "coil_energy": (CoilEnergyOption, None),
+    "precision": (PrecisionOption, None),
+    "early_stop": (EarlyStopOption, None),
+    "readout_oversampling": (OversamplingOption, None),
+    "slices_per_batch": (SliceBatchOption, None),
+    "network_start": (NetworkStartOption, None),
+}
+
 # Flag parameter name -> TrainingConfig field.
 FIELDS = {
     "learning_rate": "learning_rate",
@@ -130,3 +147,31 @@ def training_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
     if flags.get("faithful"):
         overrides["faithful"] = True
     return overrides
+
+
+def with_training_flags(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a typer command every training flag; it receives them as `training`, the
+    TrainingConfig overrides (`training_overrides`), instead of one parameter per flag.
+
+    The flags go into the command's signature (before `--json`, where it has one), which is
+    what typer reads to build the options.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [param for name, param in signature.parameters.items() if name != "training"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+        for name, (kind, default) in TRAINING_FLAGS.items()
+    ]
+    names = [param.name for param in own]
+    at = names.index("json") if "json" in names else len(own)
+    # Keyword-only from here on, so that the order is valid whatever the command declares.
+    tail = [param.replace(kind=inspect.Parameter.KEYWORD_ONLY) for param in own[at:]]
+    parameters = own[:at] + added + tail
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        flags = {name: kwargs.pop(name, default) for name, (_, default) in TRAINING_FLAGS.items()}
+        return command(*args, training=training_overrides(flags), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return wrapper

@@ -213,3 +213,21 @@ def test_default_method_falls_back_to_grappa_where_the_acs_is_too_small_for_it(t
         "--json",
     )
     assert usual.json()["method"] == "rraki" and usual.json()["fallback"] is None
+
+
+def test_every_training_command_offers_every_training_flag():
+    import typer.main
+
+    from mrictl.cli.main import app
+    from mrictl.cli.training_options import TRAINING_FLAGS
+
+    root = typer.main.get_command(app)
+    commands = {
+        "recon run": root.commands["recon"].commands["run"],
+        "train": root.commands["train"],
+        "bench": root.commands["bench"],
+    }
+    for name, command in commands.items():
+        offered = {param.name for param in command.params}
+        assert set(TRAINING_FLAGS) <= offered, name
+        assert "training" not in offered, name  # the collected overrides are no flag
