@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mrictl.reconstruction import check_method_and_device
 from raki.phantom import simulate_scan
 from raki.recon import reconstruct
 
@@ -37,6 +38,9 @@ class BenchSettings:
     # Reconstruct the slices as one volume (one call, slices trained together on a GPU)
     # instead of one by one; seconds per slice is then the volume's time over its slices.
     volume: bool = False
+
+    def __post_init__(self) -> None:
+        check_method_and_device(self.method, self.device)
 
 
 def machine_description() -> dict[str, Any]:

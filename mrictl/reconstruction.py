@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from mrictl.errors import ExitCode, MrictlError
+from raki.device import DEVICES, is_device_name
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
 from raki.io import read_scan
@@ -22,6 +23,7 @@ from raki.io.reconstruction import write_reconstruction
 from raki.metrics import evaluate
 from raki.recon import (
     DEFAULT_METHOD,
+    METHODS,
     MethodChoice,
     ProgressCallback,
     ReconResult,
@@ -46,8 +48,27 @@ class ReconOptions:
     # the paper's configuration.
     training: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_method_and_device(self.method, self.device)
+
     def training_config(self) -> TrainingConfig:
         return training_config(self.training)
+
+
+def check_method_and_device(
+    method: str | None, device: str, methods: tuple[str, ...] = METHODS
+) -> None:
+    """A usage error for a method or device name that does not exist, checked before any file
+    is read (a typo must not cost a training run), whichever method runs."""
+    if method is not None and method not in methods:
+        raise MrictlError(
+            f"unknown method {method!r}; choose one of {', '.join(methods)}", ExitCode.USAGE
+        )
+    if not is_device_name(device):
+        raise MrictlError(
+            f"unknown device {device!r}; choose one of {', '.join(DEVICES)} (or cuda:N)",
+            ExitCode.USAGE,
+        )
 
 
 def training_config(overrides: dict[str, Any]) -> TrainingConfig:
@@ -115,6 +136,13 @@ def prepare_scan(
             "--accel only applies to fully sampled inputs",
             ExitCode.BAD_INPUT,
         )
+    acquired_acs = scan.acs.lines if scan.acs is not None else 0
+    if acs_lines is not None and acs_lines != acquired_acs:
+        raise MrictlError(
+            f"the input is already undersampled with {acquired_acs} ACS lines; "
+            "--acs only applies with --accel to fully sampled inputs",
+            ExitCode.BAD_INPUT,
+        )
     return scan, None
 
 
@@ -149,6 +177,12 @@ def run_reconstruction(
 
         extra["weights"] = RakiWeights.load(options.weights)
         choice = MethodChoice(options.method or extra["weights"].method)
+        if choice.method != extra["weights"].method:
+            raise MrictlError(
+                f"{options.weights.name} holds {extra['weights'].method} networks: apply them "
+                f"with --method {extra['weights'].method} (or leave --method out)",
+                ExitCode.USAGE,
+            )
     elif options.method is None:
         choice = default_method_for(prepared)
     method = choice.method

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mrictl.reconstruction import prepare_scan, training_config
+from mrictl.reconstruction import check_method_and_device, prepare_scan, training_config
 from raki.io import read_scan
 from raki.recon import ProgressCallback
-from raki.train import train_scan
+from raki.train import NEURAL_METHODS, train_scan
 
 
 def train_file(
@@ -27,6 +27,7 @@ def train_file(
 
     `training` holds the TrainingConfig fields to change (see `training_config`).
     """
+    check_method_and_device(method, device, NEURAL_METHODS)
     scan, _ = prepare_scan(read_scan(source), acceleration, acs_lines)
     weights = train_scan(
         scan,

@@ -6,19 +6,28 @@ from pathlib import Path
 
 import torch
 
-from raki.errors import RakiError
+from raki.errors import DeviceUnavailableError
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def is_device_name(name: str) -> bool:
+    """ "auto", "cpu", "cuda" or "cuda:N": what `resolve_device` understands."""
+    return name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     """ "auto" is CUDA when a GPU is visible, else CPU; "cuda" without a GPU is an error."""
-    if name not in DEVICES and not name.startswith("cuda:"):
-        raise RakiError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if not is_device_name(name):
+        raise DeviceUnavailableError(
+            f"unknown device {name!r}; choose one of {', '.join(DEVICES)} (or cuda:N)"
+        )
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RakiError(f"device {name!r} was asked for but no CUDA GPU is available")
+        raise DeviceUnavailableError(
+            f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto"
+        )
     return torch.device(name)
 
 

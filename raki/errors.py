@@ -26,5 +26,16 @@ class FileFormatError(RakiError):
         super().__init__(f"{self.path.name}: {reason}")
 
 
+class MissingFileError(FileFormatError):
+    """The file named does not exist (scripts tell this apart from a file that is bad)."""
+
+    def __init__(self, path: str | Path, reason: str = "no such file") -> None:
+        super().__init__(path, reason)
+
+
+class DeviceUnavailableError(RakiError):
+    """The compute device asked for is unknown or absent on this machine."""
+
+
 class IncompatibleWeightsError(RakiError, ValueError):
     """Saved networks or kernels do not fit the scan they are applied to."""

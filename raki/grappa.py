@@ -218,6 +218,8 @@ def _solve_regularised(
     gram: np.ndarray, cross: np.ndarray, largest: float, regularization: float
 ) -> np.ndarray:
     """(G + lambda * s_max^2 I)^-1 A^H B: Cholesky when damped, the pseudo-inverse otherwise."""
+    if largest <= 0.0:
+        return np.zeros_like(cross)  # all-zero sources: the zero kernel is the fit
     damped = gram.copy()
     damped[np.diag_indices_from(damped)] += regularization * largest
     if regularization > 0:
@@ -274,6 +276,8 @@ class _CalibrationSystem:
     kernel_lines: int
 
     def automatic_lambda(self) -> float:
+        if self.eigenvalues[-1] <= 0.0:
+            return 0.0  # an all-zero ACS: nothing to damp, the kernels are zero
         # Fewer fit rows than unknowns leave exact zeros that are no noise floor: skip them.
         ranked = self.eigenvalues[-min(self.eigenvalues.size, self.fit_rows) :]
         return auto_regularization(ranked, self.line_energy, self.acceleration)
@@ -303,9 +307,9 @@ def _calibration_system(
     acs = acs.astype(np.complex128)
     gram, cross = _normal_equations(acs, bases, offsets, np.arange(1, acceleration), readout_points)
     gram = (gram + gram.conj().T) / 2  # exactly Hermitian despite FFT round-off
+    # An all-zero ACS (an empty slice of a multi-slice scan) gives all-zero kernels: that slice
+    # stays zero, and the others are reconstructed.
     eigenvalues = np.linalg.eigvalsh(gram)
-    if eigenvalues[-1] <= 0.0:
-        raise InvalidScanError("the ACS block is all zeros: nothing to calibrate GRAPPA on")
     return _CalibrationSystem(
         gram=gram,
         cross=cross,

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from raki.errors import FileFormatError, IncompatibleWeightsError
+from raki.errors import FileFormatError, IncompatibleWeightsError, MissingFileError
 from raki.scan import Scan
 
 KernelSize = tuple[int, int]
@@ -97,7 +97,7 @@ class GrappaKernel:
         """Read a kernel written by `save`; FileFormatError names the file and what is wrong."""
         path = Path(path)
         if not path.is_file():
-            raise FileFormatError(path, "no such file")
+            raise MissingFileError(path)
         try:
             with h5py.File(path, "r") as file:
                 if file.attrs.get("format") != _FORMAT_NAME:

@@ -147,6 +147,9 @@ class Scan:
                 f"k-space must have 4 axes [slice, coil, kx, ky], got {kspace.ndim} "
                 f"(shape {kspace.shape})"
             )
+        if min(kspace.shape) == 0:
+            empty = ("slices", "coils", "readout points", "ky lines")[kspace.shape.index(0)]
+            raise InvalidScanError(f"k-space has no {empty} (shape {kspace.shape})")
         if mask is None:
             mask = np.any(kspace != 0, axis=(0, 1, 2))
         pattern = describe_sampling(np.asarray(mask, dtype=bool))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from raki import __version__
-from raki.errors import FileFormatError, IncompatibleWeightsError
+from raki.errors import FileFormatError, IncompatibleWeightsError, MissingFileError
 from raki.grappa import GrappaKernel
 from raki.oversampling import crop_readout
 from raki.scan import Scan
@@ -158,8 +158,10 @@ class RakiWeights:
     def load(cls, path: str | Path) -> RakiWeights:
         """Read weights written by `save`; FileFormatError if the file is not such a file."""
         path = Path(path)
+        if not path.exists():
+            raise MissingFileError(path, "no such weights file")
         if not path.is_file():
-            raise FileFormatError(path, "no such weights file")
+            raise FileFormatError(path, "is a folder, not a weights file")
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for corrupt or foreign files

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -9,12 +10,20 @@ from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
+from typer.exceptions import TyperException
 
 from mrictl import __version__
 from mrictl.cli import bench, demo, jobs, recon, scan, train, worker
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.output import to_json
-from raki.errors import FileFormatError, IncompatibleWeightsError, InvalidScanError, RakiError
+from raki.errors import (
+    DeviceUnavailableError,
+    FileFormatError,
+    IncompatibleWeightsError,
+    InvalidScanError,
+    MissingFileError,
+    RakiError,
+)
 
 log = logging.getLogger("mrictl")
 
@@ -25,6 +34,10 @@ def exit_code_for(error: BaseException) -> ExitCode:
         return error.exit_code
     if isinstance(error, IncompatibleWeightsError):
         return ExitCode.CONFLICT
+    if isinstance(error, MissingFileError):
+        return ExitCode.NOT_FOUND
+    if isinstance(error, DeviceUnavailableError):
+        return ExitCode.USAGE
     if isinstance(error, FileFormatError | InvalidScanError | RakiError):
         return ExitCode.BAD_INPUT
     if isinstance(error, FileNotFoundError):
@@ -42,17 +55,29 @@ def message_for(error: BaseException) -> str:
     elif isinstance(error, PermissionError):
         name = os.path.basename(str(error.filename)) if error.filename else "file"
         text = f"{name}: permission denied"
+    elif isinstance(error, OSError) and error.strerror:
+        # A full disk or a closed pipe is the machine's state, not a bug: say what happened.
+        name = os.path.basename(str(error.filename)) if error.filename else "I/O error"
+        text = f"{name}: {error.strerror}"
     else:
         text = f"internal error ({type(error).__name__}); set MRICTL_DEBUG=1 for a traceback"
     return " ".join(text.split())
 
 
 def report_error(error: BaseException, json_mode: bool) -> ExitCode:
-    code = exit_code_for(error)
-    message = message_for(error)
+    return report(exit_code_for(error), message_for(error), json_mode)
+
+
+def report(code: ExitCode | int, message: str, json_mode: bool) -> ExitCode | int:
+    """The error document on stdout (with --json) and one line on stderr; a stream that cannot
+    be written (a full disk, a closed pipe) is skipped, never a second traceback."""
     if json_mode:
-        sys.stdout.write(to_json({"error": {"code": int(code), "message": message}}) + "\n")
-    sys.stderr.write(f"error: {message}\n")
+        document = to_json({"error": {"code": int(code), "message": message}}) + "\n"
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.write(document)
+            sys.stdout.flush()
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"error: {message}\n")
     return code
 
 
@@ -61,8 +86,23 @@ class MrictlGroup(TyperGroup):
 
     def main(self, args: Any = None, *pargs: Any, **kwargs: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
+        json_mode = "--json" in argv
         try:
-            return super().main(argv, *pargs, **kwargs)
+            if not json_mode:
+                return super().main(argv, *pargs, **kwargs)
+            # Scripts get usage errors and interrupts as JSON too: click reports them itself
+            # only in standalone mode, so run without it and report here.
+            kwargs["standalone_mode"] = False
+            try:
+                result = super().main(argv, *pargs, **kwargs)
+            except TyperException as error:  # usage errors: a bad flag, a missing argument
+                sys.exit(report(error.exit_code, " ".join(error.format_message().split()), True))
+            except typer.Abort:
+                result = ExitCode.INTERRUPTED
+            # Without standalone mode typer returns an Exit's code (130: Ctrl-C) instead.
+            if result == ExitCode.INTERRUPTED:
+                sys.exit(report(ExitCode.INTERRUPTED, "interrupted", True))
+            sys.exit(result if isinstance(result, int) else ExitCode.OK)
         except (MrictlError, RakiError, OSError) as error:
             if os.environ.get("MRICTL_DEBUG"):
                 raise

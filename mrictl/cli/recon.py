@@ -10,6 +10,7 @@ import typer
 
 from mrictl.cli import training_options as flags
 from mrictl.cli.common import DeviceOption, JsonFlag
+from mrictl.cli.paths import check_hdf5_output, check_output
 from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
 
@@ -68,6 +69,8 @@ def run(
     from mrictl.reconstruction import ReconOptions, reconstruct_file
     from raki.recon import DEFAULT_METHOD
 
+    check_output(out, (source, reference, weights))
+    check_hdf5_output(out)
     output = Output(json)
     settings = load_settings()
     method = method or settings.method

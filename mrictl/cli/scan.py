@@ -10,6 +10,7 @@ import typer
 
 from mrictl import scans
 from mrictl.cli.common import AxisOrderOption, JsonFlag
+from mrictl.cli.paths import check_output
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.output import Output, key_value_table
 
@@ -93,6 +94,7 @@ def undersample(
     json: JsonFlag = False,
 ) -> None:
     """Retrospectively undersample a fully sampled scan (every R-th line + centred ACS)."""
+    check_output(out, (path,))
     document = scans.undersample_scan_file(
         path, out, acceleration=accel, acs_lines=acs, axis_order=axis_order, spacing=spacing.value
     )
@@ -110,5 +112,19 @@ def convert(
     json: JsonFlag = False,
 ) -> None:
     """Convert a scan between formats (fastMRI HDF5, ISMRMRD/MRD, ...)."""
+    check_output(out, (source,), flag="the output")
+    from raki.io import WRITABLE_FORMATS, format_from_suffix
+
+    if to is None and format_from_suffix(out) is None:
+        raise MrictlError(
+            f"{out.name}: cannot tell the format from the suffix {out.suffix or '(none)'!r}; "
+            f"pass --to ({', '.join(WRITABLE_FORMATS)})",
+            ExitCode.USAGE,
+        )
+    if to is not None and to not in WRITABLE_FORMATS:
+        raise MrictlError(
+            f"--to {to!r} is not a format this writes ({', '.join(WRITABLE_FORMATS)})",
+            ExitCode.USAGE,
+        )
     document = scans.convert_scan_file(source, out, output_format=to, axis_order=axis_order)
     _render(Output(json), document, f"wrote {out.name}")

@@ -9,6 +9,7 @@ import typer
 
 from mrictl.cli import training_options as flags
 from mrictl.cli.common import DeviceOption, JsonFlag
+from mrictl.cli.paths import check_output
 from mrictl.cli.recon import AccelOption, AcsOption, IterationsOption, progress_reporter
 from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
@@ -29,6 +30,7 @@ def train(
     """Train RAKI networks on a scan's ACS and save them (apply with `recon run --weights`)."""
     from mrictl.training import train_file
 
+    check_output(out, (source,))
     output = Output(json)
     with output.progress(f"training {method}", total=None) as update:
         document = train_file(

@@ -26,6 +26,7 @@ __all__ = [
     "FORMATS",
     "WRITABLE_FORMATS",
     "detect_format",
+    "format_from_suffix",
     "read_scan",
     "write_scan",
 ]
@@ -76,6 +77,11 @@ def read_scan(
     return read_twix(path)
 
 
+def format_from_suffix(path: str | Path) -> str | None:
+    """The writable format a file name's suffix stands for, None when it names none."""
+    return _SUFFIXES.get(Path(path).suffix.lower())
+
+
 def write_scan(scan: Scan, path: str | Path, *, format: str | None = None) -> Path:
     """Write `scan` atomically; the format is `format`, else taken from the suffix.
 
@@ -83,7 +89,7 @@ def write_scan(scan: Scan, path: str | Path, *, format: str | None = None) -> Pa
     any name, .h5 included.
     """
     path = Path(path)
-    file_format = format if format is not None else _SUFFIXES.get(path.suffix.lower())
+    file_format = format if format is not None else format_from_suffix(path)
     if file_format is None:
         raise FileFormatError(
             path,

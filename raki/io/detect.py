@@ -17,7 +17,7 @@ from pathlib import Path
 
 import h5py
 
-from raki.errors import FileFormatError
+from raki.errors import FileFormatError, MissingFileError
 from raki.io.hdf5 import open_hdf5
 from raki.io.twix import measurement_offsets
 
@@ -59,7 +59,7 @@ def _read_head(path: Path, size: int) -> bytes:
         with open(path, "rb") as handle:
             return handle.read(size)
     except FileNotFoundError:
-        raise FileFormatError(path, "no such file") from None
+        raise MissingFileError(path) from None
     except IsADirectoryError:
         raise FileFormatError(path, "is a folder, not a scan file") from None
     except PermissionError:

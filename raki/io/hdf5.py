@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from raki.errors import FileFormatError
+from raki.errors import FileFormatError, MissingFileError
 
 # A compressed dataset may expand at most this much (zero-filled undersampled k-space
 # compresses by roughly R; nothing real compresses a thousand-fold).
@@ -27,7 +27,7 @@ def open_hdf5(path: Path) -> Iterator[h5py.File]:
     try:
         handle = h5py.File(path, "r")
     except FileNotFoundError:
-        raise FileFormatError(path, "no such file") from None
+        raise MissingFileError(path) from None
     except (OSError, ValueError) as exc:
         raise FileFormatError(path, _open_error(exc)) from None
     try:

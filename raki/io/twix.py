@@ -31,7 +31,7 @@ from typing import BinaryIO
 import numpy as np
 import twixtools
 
-from raki.errors import FileFormatError, InvalidScanError
+from raki.errors import FileFormatError, InvalidScanError, MissingFileError
 from raki.io.lines import Readouts, assemble, place_readout, readout_width, scan_from_grid
 from raki.scan import Geometry, Identifiers, Scan
 
@@ -144,7 +144,7 @@ def _check_measurement_blocks(path: Path) -> None:
                     raise ValueError("truncated: the last readout is cut off")
                 position += step
     except FileNotFoundError:
-        raise FileFormatError(path, "no such file") from None
+        raise MissingFileError(path) from None
     except OSError as exc:
         raise FileFormatError(path, f"cannot be read ({exc.strerror or 'I/O error'})") from None
     except (struct.error, ValueError) as exc:
