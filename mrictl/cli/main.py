@@ -106,12 +106,12 @@ class MrictlGroup(TyperGroup):
         except (MrictlError, RakiError, OSError) as error:
             if os.environ.get("MRICTL_DEBUG"):
                 raise
-            sys.exit(report_error(error, "--json" in argv))
+            sys.exit(report_error(error, json_mode))
         except Exception as error:
             if os.environ.get("MRICTL_DEBUG"):
                 raise
             log.debug("internal error", exc_info=True)
-            sys.exit(report_error(error, "--json" in argv))
+            sys.exit(report_error(error, json_mode))
 
 
 app = typer.Typer(
