@@ -97,19 +97,19 @@ class Manifest:
         if not isinstance(entries, list) or not entries:
             raise ValueError("lists no files")
         files = []
-        for entry in entries:
+        for position, entry in enumerate(entries, start=1):
             if not isinstance(entry, dict):
                 raise ValueError("has a file entry that is not an object")
             name, size = entry.get("name"), entry.get("size")
             sha256, file_format = entry.get("sha256"), entry.get("format")
             if not isinstance(name, str) or unsafe_name_reason(name) or name == MANIFEST_NAME:
-                raise ValueError(f"lists an unsafe file name {name!r}")
+                raise ValueError(f"lists an unsafe file name (file {position})")
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise ValueError(f"gives {name!r} an invalid size")
+                raise ValueError(f"gives file {position} an invalid size")
             if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
-                raise ValueError(f"gives {name!r} an invalid sha256")
+                raise ValueError(f"gives file {position} an invalid sha256")
             if not isinstance(file_format, str):
-                raise ValueError(f"gives {name!r} no format")
+                raise ValueError(f"gives file {position} no format")
             files.append(PackagedFile(name, size, sha256, file_format))
         names = [entry.name for entry in files]
         if len(set(names)) != len(names):
@@ -418,12 +418,12 @@ def _member_reason(member: tarfile.TarInfo, limits: ExtractLimits) -> str | None
 
 
 def _extract_member(
-    archive: tarfile.TarFile, member: tarfile.TarInfo, target: Path, limit: int
+    archive: tarfile.TarFile, member: tarfile.TarInfo, target: Path, limit: int, label: str
 ) -> tuple[int, str]:
     """Stream one member into a new file (never through a link), counting what is really read."""
     source = archive.extractfile(member)
     if source is None:
-        raise PackageError(f"member {member.name!r} has no data")
+        raise PackageError(f"{label} has no data")
     descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     digest = hashlib.sha256()
     size = 0
@@ -431,10 +431,15 @@ def _extract_member(
         while chunk := source.read(CHUNK):
             size += len(chunk)
             if size > limit:
-                raise PackageError(f"member {member.name!r} is larger than allowed")
+                raise PackageError(f"{label} is larger than allowed")
             digest.update(chunk)
             out.write(chunk)
     return size, digest.hexdigest()
+
+
+def _without_names(text: str, name: str) -> str:
+    """`text` with the member's name (and any path in it) cut out."""
+    return text.replace(name, "(name)").replace(os.path.basename(name) or name, "(name)")
 
 
 def extract_package(
@@ -471,15 +476,19 @@ def _extract_into(tar_path: Path, dest_dir: Path, limits: ExtractLimits) -> Mani
     with tar_path.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|") as archive:
         for member in archive:
             members += 1
+            # Members are named by position: a file name may carry a patient's name, and this
+            # message ends up in job records and logs.
+            label = f"member {members}"
             if members > limits.max_members:
                 raise PackageError(f"holds more than {limits.max_members} members")
             reason = _member_reason(member, limits)
             if reason:
-                raise PackageError(f"member {member.name[:80]!r} {reason}")
+                raise PackageError(f"{label} {reason}")
             try:
                 tarfile.data_filter(member, str(dest_dir))
             except tarfile.FilterError as error:
-                raise PackageError(f"member {member.name[:80]!r} is refused ({error})") from None
+                reason = _without_names(str(error), member.name)
+                raise PackageError(f"{label} is refused ({reason})") from None
             if manifest is None:
                 if member.name != MANIFEST_NAME:
                     raise PackageError(f"the first member is not {MANIFEST_NAME}")
@@ -495,27 +504,31 @@ def _extract_into(tar_path: Path, dest_dir: Path, limits: ExtractLimits) -> Mani
                 continue
             entry = expected.get(member.name)
             if entry is None:
-                raise PackageError(f"member {member.name!r} is not listed in {MANIFEST_NAME}")
+                raise PackageError(f"{label} is not listed in {MANIFEST_NAME}")
             if member.name in seen:
-                raise PackageError(f"member {member.name!r} appears twice")
+                raise PackageError(f"{label} appears twice")
             if member.size != entry.size:
                 raise PackageError(
-                    f"member {member.name!r} is {member.size} bytes, the manifest says {entry.size}"
+                    f"{label} is {member.size} bytes, the manifest says {entry.size}"
                 )
             if total + entry.size > limits.max_total_bytes:
                 raise PackageError(f"unpacks to more than {limits.max_total_bytes} bytes")
             size, sha256 = _extract_member(
-                archive, member, dest_dir / member.name, min(entry.size, limits.max_member_bytes)
+                archive,
+                member,
+                dest_dir / member.name,
+                min(entry.size, limits.max_member_bytes),
+                label,
             )
             total += size
             seen.add(member.name)
             if size != entry.size or sha256 != entry.sha256:
-                raise PackageError(f"member {member.name!r} does not match its manifest checksum")
+                raise PackageError(f"{label} does not match its manifest checksum")
     if manifest is None:
         raise PackageError(f"has no {MANIFEST_NAME}")
     missing = sorted(set(expected) - seen)
     if missing:
         raise PackageError(
-            f"{MANIFEST_NAME} lists {len(missing)} missing member(s): {missing[0]!r}"
+            f"{MANIFEST_NAME} lists {len(missing)} file(s) that the tar does not hold"
         )
     return manifest

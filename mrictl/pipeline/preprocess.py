@@ -30,6 +30,16 @@ if TYPE_CHECKING:
 EXTRACT_LIMITS = ExtractLimits()
 
 
+def without_file_names(message: str, manifest: Manifest) -> str:
+    """`message` with the package's file names replaced by their position ("file 2 (.h5)"):
+    an operator's file name may carry a patient's name, and this message goes into the job
+    record and its log."""
+    for position, entry in enumerate(manifest.files, start=1):
+        suffix = Path(entry.name).suffix
+        message = message.replace(entry.name, f"file {position}" + (f" ({suffix})" * bool(suffix)))
+    return message
+
+
 def check_formats(manifest: Manifest, folder: Path) -> None:
     """Every file must be in a format raki reads, the one the manifest recorded."""
     from raki.errors import FileFormatError
@@ -39,19 +49,25 @@ def check_formats(manifest: Manifest, folder: Path) -> None:
         try:
             found = detect_format(folder / entry.name)
         except FileFormatError as error:
-            raise PackageError(str(error)) from None
+            raise PackageError(without_file_names(str(error), manifest)) from None
         if found not in FORMATS:
-            raise PackageError(f"{entry.name}: unknown format {found!r}")
+            reason = f"{entry.name}: unknown format {found!r}"
+            raise PackageError(without_file_names(reason, manifest))
         if found != entry.format:
-            raise PackageError(f"{entry.name}: is {found}, but the manifest says {entry.format}")
+            reason = f"{entry.name}: is {found}, but the manifest says {entry.format}"
+            raise PackageError(without_file_names(reason, manifest))
 
 
 def convert(manifest: Manifest, folder: Path, canonical: Path) -> dict[str, Any]:
     """Read the package's scan and write it as canonical fastMRI HDF5; returns its summary."""
+    from raki.errors import FileFormatError, InvalidScanError
     from raki.io import read_scan
     from raki.io.fastmri import write_fastmri
 
-    scan = read_scan(folder / manifest.scan_file, **manifest.read_options)
+    try:
+        scan = read_scan(folder / manifest.scan_file, **manifest.read_options)
+    except (FileFormatError, InvalidScanError) as error:
+        raise PackageError(without_file_names(str(error), manifest)) from None
     write_fastmri(scan, canonical)
     return scan.summary()
 

@@ -151,7 +151,7 @@ def _not_a_tar(path: Path) -> Path:
 BAD_PACKAGES = {
     "traversal": (
         lambda p: tar_with_manifest(p, SCAN_BYTES, regular("../x", b"evil")),
-        r"member '\.\./x' escapes the package",
+        r"member 3 escapes the package",
     ),
     "nested traversal": (
         lambda p: tar_with_manifest(p, SCAN_BYTES, regular("a/../../x", b"evil")),
@@ -194,7 +194,7 @@ BAD_PACKAGES = {
     ),
     "unlisted member": (
         lambda p: tar_with_manifest(p, SCAN_BYTES, regular("extra.bin", b"x")),
-        "'extra.bin' is not listed",
+        "member 3 is not listed",
     ),
     "duplicate member": (
         lambda p: tar_with_manifest(p, SCAN_BYTES, regular("scan.h5", SCAN_BYTES["scan.h5"])),
@@ -202,7 +202,7 @@ BAD_PACKAGES = {
     ),
     "missing member": (
         lambda p: write_tar(p, [regular(MANIFEST_NAME, manifest_for(SCAN_BYTES))]),
-        "lists 1 missing member",
+        r"lists 1 file\(s\) that the tar does not hold",
     ),
     "not a tar": (_not_a_tar, "truncated or not"),
 }
@@ -221,6 +221,7 @@ def test_extract_refuses_bad_packages_and_writes_nothing_outside(case, tmp_path)
     text = str(refused.value)
     assert text.startswith("scan-0000000000000000.tar: ") and "\n" not in text
     assert str(tmp_path) not in text
+    assert "evil" not in text and "passwd" not in text  # member names may name patients
     assert refused.value.exit_code == ExitCode.BAD_INPUT
     assert tree(tmp_path) == before  # the half-made folder is gone, nothing else appeared
     assert not Path("/tmp/evil-abs").exists()
