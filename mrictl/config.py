@@ -59,9 +59,30 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return table
 
 
+def _checked(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """The file's values with their types and ranges checked: a bad one is a usage error that
+    names the key, not a job record with a string where a count belongs."""
+    problems = []
+    for key in ("home", "backend", "method", "device"):
+        if key in values and not isinstance(values[key], str):
+            problems.append(f"{key} must be a string")
+    for key, kind, least in (("lease_seconds", float, 1.0), ("max_attempts", int, 1)):
+        if key not in values:
+            continue
+        value = values[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (kind is int and not isinstance(value, int)) or value < least:
+            what = "a whole number" if kind is int else "a number"
+            problems.append(f"{key} must be {what} >= {least:g}")
+    if problems:
+        raise MrictlError(f"{source}: {'; '.join(problems)}", ExitCode.USAGE)
+    return values
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Merge flag/env values (None = not given) over the config file over the defaults."""
-    values: dict[str, Any] = read_config_file(config_path())
+    path = config_path()
+    values: dict[str, Any] = _checked(dict(read_config_file(path)), f"config file {path.name}")
     values.update({key: value for key, value in overrides.items() if value is not None})
     values["home"] = Path(values.get("home") or default_home()).expanduser()
     settings = Settings(**values)

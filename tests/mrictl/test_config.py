@@ -47,3 +47,31 @@ def test_recon_run_takes_the_method_from_file_then_env_then_flag(tmp_path, monke
     monkeypatch.setenv("MRICTL_METHOD", "zerofill")
     assert invoke(*run, "--json").json()["method"] == "zerofill"
     assert invoke(*run, "--method", "grappa", "--json").json()["method"] == "grappa"
+
+
+@pytest.mark.parametrize(
+    "line, problem",
+    [
+        ('max_attempts = "three"', "max_attempts must be a whole number >= 1"),
+        ("max_attempts = 0", "max_attempts must be a whole number >= 1"),
+        ("lease_seconds = -1", "lease_seconds must be a number >= 1"),
+        ("home = 5", "home must be a string"),
+    ],
+)
+def test_config_values_of_the_wrong_type_or_range_are_usage_errors(line, problem):
+    write_config(line + "\n")
+    with pytest.raises(MrictlError, match=problem) as caught:
+        load_settings()
+    assert caught.value.exit_code == ExitCode.USAGE
+
+
+def test_worker_run_takes_its_lease_from_the_config_file(monkeypatch, tmp_path):
+    import mrictl.worker
+
+    write_config("lease_seconds = 7\n")
+    seen = {}
+    monkeypatch.setattr(mrictl.worker, "run_worker", lambda store, **kw: seen.update(kw) or 0)
+    outcome = invoke("worker", "run", "--once", "--home", str(tmp_path / "h"), "--json")
+    assert outcome.exit_code == 0, outcome.stderr
+    assert seen["lease_seconds"] == 7
+    assert invoke("worker", "run", "--stage", "bogus", "--json").exit_code == ExitCode.USAGE
