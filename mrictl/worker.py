@@ -9,6 +9,7 @@ each object atomically. Logs (per job and Python logging) name jobs and stages, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +146,22 @@ class StageContext:
         self.published.append(key)
         return info
 
-    def enqueue_next(self, stage: str, payload: Mapping[str, Any]) -> str:
-        """Queue the next stage exactly once, however often this job is delivered."""
+    def check_now(self) -> None:
+        """`check`, asking the queue now instead of waiting for the next heartbeat (which
+        comes every third of the lease: minutes), for steps that must not follow a cancel."""
         self.check()
+        try:
+            self._heartbeat.job = self.backend.queue.heartbeat(
+                self._heartbeat.job, self._heartbeat.lease_seconds
+            )
+        except LeaseLostError as error:
+            raise JobAborted(error) from None
+
+    def enqueue_next(self, stage: str, payload: Mapping[str, Any]) -> str:
+        """Queue the next stage exactly once, however often this job is delivered, and never
+        after the job was cancelled (`mrictl.pipeline.jobs.cancel` stops one queued in the
+        instant between this check and the enqueue)."""
+        self.check_now()
         return self.backend.queue.enqueue(
             stage,
             payload,
@@ -165,11 +179,12 @@ def stage_functions() -> dict[str, Stage]:
 
 
 def is_permanent(error: BaseException) -> bool:
-    """Bad input fails for good at once; anything else (I/O, backend, bugs) is retried."""
+    """Bad input or a bad request fails for good at once; anything else (I/O, backend, bugs)
+    is retried."""
     from raki.errors import RakiError
 
     if isinstance(error, MrictlError):
-        return error.exit_code == ExitCode.BAD_INPUT
+        return error.exit_code in (ExitCode.BAD_INPUT, ExitCode.USAGE)
     return isinstance(error, RakiError)
 
 
@@ -261,9 +276,47 @@ def process_job(
             why = "input refused" if is_permanent(error) else "no attempts left"
             context.log(f"dead-lettered ({why})")
         return state
+    except KeyboardInterrupt:
+        # Stopped hard (a second Ctrl-C): give the job back now rather than at lease expiry.
+        heartbeat.stop()
+        with contextlib.suppress(LeaseLostError, BackendError):
+            backend.queue.fail(job, "interrupted: the worker was stopped", retryable=True)
+        raise
     finally:
         heartbeat.stop()
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def stop_on_signals(
+    stop: threading.Event, on_stop: Callable[[], None] | None = None
+) -> Iterator[None]:
+    """SIGTERM or a first Ctrl-C set `stop` (the worker finishes the job in hand, then exits)
+    and call `on_stop`; a second Ctrl-C interrupts at once (the job is given back to the queue).
+
+    Only the main thread can install handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and stop.is_set():
+            raise KeyboardInterrupt
+        if not stop.is_set():
+            log.warning("stopping after the job in hand (Ctrl-C again to stop at once)")
+        stop.set()
+        if on_stop is not None:
+            on_stop()
+
+    previous = {
+        number: signal.signal(number, request_stop) for number in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def run_worker(
@@ -440,17 +493,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mrictl.backends.local import LocalBackend
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        done = run_worker(
-            LocalBackend(arguments.home),
-            stages=[stage for stage in arguments.stages.split(",") if stage],
-            once=arguments.once,
-            worker_id=arguments.worker_id,
-            lease_seconds=arguments.lease_seconds,
-            stop_event=stop,
-            poll_interval=arguments.poll_interval,
-        )
+        with stop_on_signals(stop):
+            done = run_worker(
+                LocalBackend(arguments.home),
+                stages=[stage for stage in arguments.stages.split(",") if stage],
+                once=arguments.once,
+                worker_id=arguments.worker_id,
+                lease_seconds=arguments.lease_seconds,
+                stop_event=stop,
+                poll_interval=arguments.poll_interval,
+            )
         if arguments.report is not None:
             partial = arguments.report.with_name(f".{arguments.report.name}.partial")
             partial.write_text(json.dumps({"jobs_done": done}))

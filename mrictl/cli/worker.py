@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from mrictl.cli.common import BackendOption, HomeOption, JsonFlag
+from mrictl.errors import ExitCode, MrictlError
 from mrictl.output import Output
 
 app = typer.Typer(help="Run pipeline workers.", no_args_is_help=True)
@@ -31,20 +34,36 @@ def run(
     """Claim and run jobs until stopped (Ctrl-C or SIGTERM finishes the job in hand)."""
     from mrictl.backends.base import STAGES
     from mrictl.cli.jobs import backend_for
-    from mrictl.worker import reported_jobs, run_worker, spawn_workers
+    from mrictl.config import load_settings
+    from mrictl.worker import reported_jobs, run_worker, spawn_workers, stop_on_signals
 
     stages = tuple(stage) if stage else STAGES
+    unknown = [name for name in stages if name not in STAGES]
+    if unknown:
+        raise MrictlError(
+            f"unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}", ExitCode.USAGE
+        )
     store = backend_for(home, backend)
-    kwargs = {} if lease_seconds is None else {"lease_seconds": lease_seconds}
+    lease = lease_seconds if lease_seconds is not None else load_settings().lease_seconds
+    stop = threading.Event()
     if workers == 1:
-        done = run_worker(store, stages=stages, once=once, **kwargs)
+        with stop_on_signals(stop):
+            done = run_worker(store, stages=stages, once=once, lease_seconds=lease, stop_event=stop)
     else:
         with tempfile.TemporaryDirectory(prefix="workers-", dir=store.scratch_dir) as reports:
             processes = spawn_workers(
-                workers, store.home, stages=stages, once=once, report_dir=Path(reports), **kwargs
-            )
-            for process in processes:
-                process.wait()
+                workers, store.home, stages=stages, once=once, report_dir=Path(reports),
+                lease_seconds=lease,
+            )  # fmt: skip
+
+            def stop_children() -> None:  # each finishes the job in hand, then exits
+                for process in processes:
+                    if process.poll() is None:
+                        process.send_signal(signal.SIGTERM)
+
+            with stop_on_signals(stop, on_stop=stop_children):
+                for process in processes:
+                    process.wait()
             done = reported_jobs(Path(reports))
     document = {"jobs_done": done, "workers": workers, "stages": list(stages)}
     Output(json).result(document, f"worker stopped ({done if done is not None else '?'} jobs)")

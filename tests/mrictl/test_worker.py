@@ -220,3 +220,62 @@ def test_worker_processes_split_the_cores_and_keep_a_count_the_caller_set():
     assert worker_environment(2, {"OMP_NUM_THREADS": "3"}, cores=8)["OMP_NUM_THREADS"] == "3"
     one = worker_environment(1, {})
     assert int(one["OMP_NUM_THREADS"]) >= 1
+
+
+def test_a_job_cancelled_while_running_queues_no_next_stage(backend):
+    from mrictl.backends.base import JobState
+    from mrictl.worker import process_job
+
+    job_id = backend.queue.enqueue("preprocess", {})
+    job = backend.queue.claim("preprocess", "w1", 600)
+
+    def cancelled_then_chains(context):
+        jobs.cancel(backend, job_id)  # lands long before the next heartbeat (200 s away)
+        context.enqueue_next("recon", {"scan_id": "x"})
+        return {}
+
+    state = process_job(
+        backend,
+        job,
+        worker_id="w1",
+        lease_seconds=600,
+        stages={"preprocess": cancelled_then_chains},
+    )
+    assert state is JobState.CANCELLED
+    assert backend.queue.list(stage="recon") == []
+
+
+def test_cancel_stops_a_successor_queued_just_before_it(backend):
+    parent = backend.queue.enqueue("preprocess", {})
+    backend.queue.claim("preprocess", "w1", 600)
+    child = backend.queue.enqueue("recon", {}, parent_id=parent)
+    jobs.cancel(backend, parent)
+    assert backend.queue.get(child).state.value == "cancelled"
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
+def test_worker_run_finishes_the_job_in_hand_when_told_to_stop(backend, scan_id, signal_number):
+    """`mrictl worker run` on SIGTERM or a first Ctrl-C: the running job completes, exit 0."""
+    import os
+    import sys
+
+    job_id = jobs.enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mrictl", "worker", "run", "--home", str(backend.home), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, DEBUG_SLEEP_ENV: "3"},
+    )
+    try:
+        wait_until(
+            lambda: any(backend.scratch_dir.glob(f"{job_id}-*/outputs/result.json")),
+            what="the job to be running",
+        )
+        process.send_signal(signal_number)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr.decode()
+    assert json.loads(stdout)["jobs_done"] == 1
+    assert jobs.get_record(backend, job_id)["state"] == "succeeded"
