@@ -7,6 +7,8 @@ and worker code that production uses.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,24 @@ from raki.io import write_scan
 from raki.phantom import simulate_scan
 
 COMPARED_METHODS = ("grappa", "zerofill")
+
+
+def _fetch_replacing_earlier_demo(backend: Any, job_id: str, outputs: Path) -> list[Path]:
+    """Fetch into `outputs`, replacing what an earlier demo fetched there (its result.json
+    says so); a folder that holds anything else is left alone and refused."""
+    staging = outputs.with_name(f".{outputs.name}.{job_id}")
+    shutil.rmtree(staging, ignore_errors=True)
+    files = jobs.fetch(backend, job_id, staging)
+    if outputs.exists():
+        if not (outputs / "result.json").is_file():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise MrictlError(
+                f"{outputs.name} exists and is not an earlier demo's outputs: choose another --out",
+                ExitCode.CONFLICT,
+            )
+        shutil.rmtree(outputs)
+    os.replace(staging, outputs)
+    return [outputs / path.relative_to(staging) for path in files]
 
 
 def run_demo(
@@ -37,6 +57,15 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run every stage on one scan and return the final job record plus where outputs went."""
     step = step or (lambda _: None)
+    waiting = [job for state in ("queued", "running") for job in backend.queue.list(state=state)]
+    if waiting:
+        # The demo's worker would run them first (a queue is first in, first out), and a
+        # queued RAKI job can take minutes: say so instead of surprising the user.
+        raise MrictlError(
+            f"{len(waiting)} other job(s) are queued or running in this home: run the demo "
+            "with --home on an empty folder, or let a worker finish them first",
+            ExitCode.CONFLICT,
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     if input_path is None:
         step(f"simulating a {coils}-coil {matrix[0]}x{matrix[1]} phantom, {slices} slices")
@@ -56,7 +85,7 @@ def run_demo(
             f"demo job {final['job_id']} {final['state']}: {final['error']}", ExitCode.JOB_FAILED
         )
     step("fetching outputs")
-    files = jobs.fetch(backend, record["job_id"], out_dir / "outputs")
+    files = _fetch_replacing_earlier_demo(backend, record["job_id"], out_dir / "outputs")
     return {
         "job_id": record["job_id"],
         "final_job_id": final["job_id"],

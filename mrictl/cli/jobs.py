@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
@@ -140,23 +141,33 @@ def watch(
     backend: BackendOption = None,
     json: JsonFlag = False,
 ) -> None:
-    """A live table of jobs until none is queued or running (one snapshot off a TTY)."""
+    """A live table of jobs until none is queued or running (one snapshot off a TTY, unless
+    --timeout is given: then it waits up to that long there too, and exits 8 if jobs remain)."""
     from mrictl.pipeline import jobs
 
     output = Output(json)
     store = backend_for(home, backend)
     deadline = None if timeout is None else time.monotonic() + timeout
 
-    def busy(records: list[dict]) -> bool:
-        return any(r["state"] in ("queued", "running") for r in records)
+    def busy(records: list[dict]) -> int:
+        return sum(r["state"] in ("queued", "running") for r in records)
 
     records = jobs.status(store)
-    if output.interactive and not json:
-        with Live(records_table(records, STATUS_COLUMNS), console=output.console) as live:
+    live = output.interactive and not json
+    if live or timeout is not None:
+        table = Live(records_table(records, STATUS_COLUMNS), console=output.console)
+        with table if live else contextlib.nullcontext():
             while busy(records) and (deadline is None or time.monotonic() < deadline):
-                time.sleep(interval)
+                time.sleep(interval if deadline is None else min(interval, timeout))
                 records = jobs.status(store)
-                live.update(records_table(records, STATUS_COLUMNS))
+                if live:
+                    table.update(records_table(records, STATUS_COLUMNS))
+        if busy(records):
+            raise MrictlError(
+                f"watch gave up after {timeout:g} s: {busy(records)} job(s) still queued or "
+                "running (they go on)",
+                ExitCode.TIMEOUT,
+            )
     output.result({"jobs": records}, lambda c: c.print(records_table(records, STATUS_COLUMNS)))
 
 

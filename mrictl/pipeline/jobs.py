@@ -8,7 +8,12 @@ needs. Records are plain dicts with the stable schema of docs/jobs-schema.md.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -136,6 +141,10 @@ def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict
             training_config(value)  # unknown fields are refused now, not at the worker
             clean[name] = dict(value)
             continue
+        if name == "device":
+            from mrictl.reconstruction import check_method_and_device
+
+            check_method_and_device(None, value)  # a typo fails now, not after a queue wait
         if kind is int and value < (0 if name == "acs_lines" else 1):
             raise MrictlError(f"option {name!r} is out of range: {value}", ExitCode.USAGE)
         clean[name] = value
@@ -226,9 +235,19 @@ def final_job(backend: Backend, job_id: str) -> Job:
 
 
 def cancel(backend: Backend, job_id: str) -> dict[str, Any]:
-    """Cancel the unfinished job of a chain; a running worker stops at its next heartbeat."""
+    """Cancel the unfinished job of a chain; a running worker stops at its next heartbeat.
+
+    A running stage may have queued its successor just before the cancel landed: that job is
+    cancelled too, so that nothing of a cancelled chain runs.
+    """
     job = final_job(backend, job_id)
-    return job_record(backend.queue.cancel(job.job_id))
+    cancelled = backend.queue.cancel(job.job_id)
+    for state in (JobState.QUEUED, JobState.RUNNING):
+        for child in backend.queue.list(state=state):
+            if child.parent_id == cancelled.job_id:
+                with contextlib.suppress(ConflictError):  # it finished meanwhile
+                    backend.queue.cancel(child.job_id)
+    return job_record(cancelled)
 
 
 def retry(backend: Backend, job_id: str) -> dict[str, Any]:
@@ -299,7 +318,15 @@ def fetch(
     out_dir: Path,
     formats: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Copy a finished job's outputs into `out_dir` (each file atomically, checksum verified)."""
+    """Copy a finished job's outputs into `out_dir`, checksums verified, all or nothing.
+
+    The files are gathered in a staging folder beside `out_dir` and moved in only when every
+    one arrived whole, so a failure leaves `out_dir` as it was. Fetching the same job again
+    replaces its files; a folder that holds another job's outputs is refused.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MrictlError(f"{out_dir.name}: is a file; --out names a folder", ExitCode.USAGE)
     unknown = sorted(set(formats or ()) - set(OUTPUT_FORMATS))
     if unknown:
         raise MrictlError(
@@ -311,13 +338,34 @@ def fetch(
         raise MrictlError(f"{job.job_id} {job.state.value}: no outputs", ExitCode.JOB_FAILED)
     if job.state is not JobState.SUCCEEDED or job.stage != "recon":
         raise ConflictError(f"{job.job_id} is {job.state.value} ({job.stage}): no outputs yet")
+    _check_not_another_jobs(out_dir, job.job_id)
     prefix = output_prefix(job.job_id)
-    written = []
-    for key in job.result.get("outputs") or []:
-        name = key.removeprefix(prefix)
-        if formats and output_format(name) not in formats:
-            continue
-        dest = Path(out_dir) / name
-        backend.store.get_file(key, dest)
-        written.append(dest)
-    return written
+    names = [
+        key.removeprefix(prefix)
+        for key in job.result.get("outputs") or []
+        if not formats or output_format(key.removeprefix(prefix)) in formats
+    ]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for name in names:
+            backend.store.get_file(prefix + name, staging / name)
+        out_dir.mkdir(exist_ok=True)
+        for name in names:
+            (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name, out_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out_dir / name for name in names]
+
+
+def _check_not_another_jobs(out_dir: Path, job_id: str) -> None:
+    """ConflictError when `out_dir` holds the result.json of a different job."""
+    try:
+        previous = json.loads((out_dir / "result.json").read_text()).get("job_id")
+    except (OSError, ValueError, AttributeError):
+        return  # no earlier fetch there (or not one of ours): nothing to mix up
+    if previous and previous != job_id:
+        raise ConflictError(
+            f"{out_dir.name} holds the outputs of {previous}: fetch {job_id} into another folder"
+        )

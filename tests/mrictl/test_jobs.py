@@ -196,3 +196,56 @@ def test_a_queued_default_request_falls_back_like_recon_run(backend, tmp_path):
     process(backend)
     failed = jobs.status(backend, named["job_id"])[-1]
     assert failed["state"] in ("failed", "dead_letter") and "at least 9" in failed["error"]
+
+
+def test_fetch_is_all_or_nothing_and_keeps_jobs_apart(backend, tmp_path):
+    first = jobs.submit(backend, write_tiny_scan(tmp_path / "a.h5"), "zerofill", RETROSPECTIVE)
+    second = jobs.submit(
+        backend, write_tiny_scan(tmp_path / "b.h5", seed=4), "zerofill", RETROSPECTIVE
+    )
+    process(backend)
+    out = tmp_path / "out"
+    jobs.fetch(backend, first["job_id"], out)
+    jobs.fetch(backend, first["job_id"], out)  # again: the same files, replaced
+    with pytest.raises(MrictlError) as other:
+        jobs.fetch(backend, second["job_id"], out)
+    assert other.value.exit_code == ExitCode.CONFLICT
+    a_file = tmp_path / "a.h5"
+    with pytest.raises(MrictlError) as into_file:
+        jobs.fetch(backend, second["job_id"], a_file)
+    assert into_file.value.exit_code == ExitCode.USAGE
+    final = jobs.wait(backend, second["job_id"], timeout=10)
+    stored = backend.store.root / final["outputs"][-1]
+    stored.write_bytes(stored.read_bytes() + b"corrupt")
+    with pytest.raises(MrictlError):
+        jobs.fetch(backend, second["job_id"], tmp_path / "partial")
+    assert not (tmp_path / "partial").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_submit_refuses_an_unknown_device_before_queueing(backend, tmp_path):
+    with pytest.raises(MrictlError, match="unknown device") as refused:
+        jobs.submit(backend, write_tiny_scan(tmp_path / "a.h5"), "grappa", {"device": "quantum"})
+    assert refused.value.exit_code == ExitCode.USAGE
+    assert backend.queue.list() == []
+
+
+def test_watch_with_a_timeout_waits_off_a_tty_and_exits_8_if_jobs_remain(backend, tmp_path):
+    from tests.mrictl.cli_helpers import invoke
+
+    jobs.submit(backend, write_tiny_scan(tmp_path / "a.h5"), "zerofill", RETROSPECTIVE)
+    args = ("recon", "watch", "--home", str(backend.home), "--interval", "0.1", "--json")
+    waited = invoke(*args, "--timeout", "0.3")
+    assert waited.exit_code == ExitCode.TIMEOUT
+    assert "still queued or running" in waited.json()["error"]["message"]
+    assert invoke(*args).exit_code == 0  # no --timeout: one snapshot, as documented
+
+
+def test_demo_refuses_to_run_other_peoples_queued_jobs(backend, tmp_path):
+    from mrictl.demo import run_demo
+
+    queued = jobs.submit(backend, write_tiny_scan(tmp_path / "a.h5"), "zerofill", RETROSPECTIVE)
+    with pytest.raises(MrictlError, match="other job") as refused:
+        run_demo(backend, tmp_path / "demo")
+    assert refused.value.exit_code == ExitCode.CONFLICT
+    assert jobs.get_record(backend, queued["job_id"])["state"] == "queued"
