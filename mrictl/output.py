@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +38,16 @@ def _finite(value: Any) -> Any:
     return value
 
 
+PIPE_WIDTH = 200
+
+
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 def to_json(document: Any) -> str:
     return json.dumps(_finite(document), default=_json_default, indent=2, sort_keys=False)
 
@@ -46,7 +57,12 @@ class Output:
 
     def __init__(self, json_mode: bool = False) -> None:
         self.json_mode = json_mode
-        self.console = Console(stderr=True, highlight=False)
+        width = None
+        if not _is_terminal(sys.stderr) and not os.environ.get("COLUMNS"):
+            # A pipe or a log file has no width to fit: rich's 80 columns would cut job ids
+            # and times short ("job-0b93a…"), which scripts and log readers need whole.
+            width = PIPE_WIDTH
+        self.console = Console(stderr=True, highlight=False, width=width)
 
     def result(self, document: Any, human: Callable[[Console], None] | str | None = None) -> None:
         """Emit the command's result: JSON on stdout, or the human rendering on stderr."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mrictl.backends.base import DEFAULT_MAX_ATTEMPTS
+from mrictl.backends.base import DEFAULT_MAX_ATTEMPTS, BackendError
 from mrictl.backends.local_queue import LocalJobQueue
 from mrictl.backends.local_sqlite import Database
 from mrictl.backends.local_store import LocalObjectStore
@@ -28,7 +28,14 @@ class LocalBackend:
 
     def __init__(self, home: Path, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
         self.home = Path(home)
-        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            (self.home / "work").mkdir(exist_ok=True)
+        except OSError as error:  # a file in the way, a read-only or missing mount
+            raise BackendError(
+                f"{self.home.name}: cannot be the local backend's home "
+                f"({error.strerror or type(error).__name__})"
+            ) from None
         self.db = Database(self.home / DATABASE_NAME)
         self.store = LocalObjectStore(self.home / "objects", self.db)
         self.queue = LocalJobQueue(self.db, max_attempts=max_attempts)

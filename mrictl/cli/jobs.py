@@ -36,6 +36,12 @@ def recon_options(
     return {"acceleration": accel, "acs_lines": acs, "device": device, "iterations": iterations}
 
 
+def check_timeout_needs_wait(wait: bool, timeout: float | None) -> None:
+    """--timeout bounds --wait; alone it would be ignored, so a script's intent would be lost."""
+    if timeout is not None and not wait:
+        raise MrictlError("--timeout bounds --wait: give both, or neither", ExitCode.USAGE)
+
+
 def exit_for_record(record: dict) -> None:
     """A finished job that did not succeed gives the JOB_FAILED exit code."""
     if record["state"] != "succeeded":
@@ -62,6 +68,13 @@ def upload(
     output = Output(json)
     if to is not None and not to.is_dir():
         raise MrictlError(f"{to.name}: share folder does not exist", ExitCode.NOT_FOUND)
+    if to is not None and (method or accel is not None or acs is not None):
+        # The share only carries the package: a request given here would be silently lost.
+        raise MrictlError(
+            "--method, --accel and --acs do not travel with --to: the share holds only the "
+            "package; queue its reconstruction where it arrives (`mrictl recon submit SCAN_ID`)",
+            ExitCode.USAGE,
+        )
     with output.progress("upload", total=None) as update:
         result = upload_scan(
             backend_for(home, backend),
@@ -78,7 +91,12 @@ def upload(
         "location": result.location,
         "job_id": result.job_id,
     }
-    note = "already uploaded: nothing to do" if result.already_uploaded else "uploaded"
+    note = (
+        "already uploaded: nothing queued (another reconstruction: "
+        f"mrictl recon submit {result.scan_id})"
+        if result.already_uploaded
+        else "uploaded"
+    )
     output.result(document, lambda c: c.print(key_value_table(document, title=note)))
 
 
@@ -99,6 +117,7 @@ def submit(
     """Queue a reconstruction (workers run it: `mrictl worker run`)."""
     from mrictl.pipeline import jobs
 
+    check_timeout_needs_wait(wait, timeout)
     output = Output(json)
     store = backend_for(home, backend)
     settings = load_settings()
@@ -247,6 +266,7 @@ def fetch(
     """Copy a finished job's outputs (checksums verified) into a folder."""
     from mrictl.pipeline import jobs
 
+    check_timeout_needs_wait(wait, timeout)
     store = backend_for(home, backend)
     if wait:
         jobs.wait(store, job, timeout)

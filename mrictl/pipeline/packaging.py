@@ -202,8 +202,12 @@ def _checked_inputs(paths: Sequence[Path]) -> list[Path]:
         raise MrictlError("no scan files given", ExitCode.USAGE)
     paths = [Path(path) for path in paths]
     for path in paths:
+        name = path.name or path.resolve().name or str(path)
+        if path.is_dir():
+            message = f"{name}: is a folder; give the scan's files"
+            raise MrictlError(message, ExitCode.USAGE)
         if not path.is_file():
-            raise MrictlError(f"{path.name}: no such file", ExitCode.NOT_FOUND)
+            raise MrictlError(f"{name}: no such file", ExitCode.NOT_FOUND)
         reason = unsafe_name_reason(path.name)
         if reason or path.name == MANIFEST_NAME:
             raise MrictlError(f"{path.name}: cannot be packaged: {reason or 'reserved name'}")

@@ -249,3 +249,28 @@ def test_demo_refuses_to_run_other_peoples_queued_jobs(backend, tmp_path):
         run_demo(backend, tmp_path / "demo")
     assert refused.value.exit_code == ExitCode.CONFLICT
     assert jobs.get_record(backend, queued["job_id"])["state"] == "queued"
+
+
+def test_job_command_requests_that_would_be_lost_are_refused(tmp_path):
+    from tests.mrictl.cli_helpers import invoke
+
+    scan = write_tiny_scan(tmp_path / "a.h5")
+    share = tmp_path / "share"
+    share.mkdir()
+    lost = invoke("upload", str(scan), "--to", str(share), "--method", "grappa", "--json")
+    assert lost.exit_code == ExitCode.USAGE and list(share.iterdir()) == []
+    folder = invoke("upload", str(tmp_path), "--json")
+    assert folder.exit_code == ExitCode.USAGE and "folder" in folder.json()["error"]["message"]
+    alone = invoke("recon", "submit", str(scan), "--timeout", "5", "--json")
+    assert alone.exit_code == ExitCode.USAGE and "--wait" in alone.json()["error"]["message"]
+    not_a_home = tmp_path / "home-file"
+    not_a_home.write_text("")
+    refused = invoke("recon", "status", "--home", str(not_a_home), "--json")
+    assert refused.exit_code == ExitCode.BACKEND
+
+
+def test_human_output_into_a_pipe_is_not_cut_to_80_columns(monkeypatch):
+    from mrictl.output import PIPE_WIDTH, Output
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert Output().console.width == PIPE_WIDTH  # pytest's stderr is no terminal
