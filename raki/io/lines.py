@@ -73,10 +73,15 @@ def place_readout(samples: np.ndarray, centre: int | None, width: int) -> np.nda
 
 
 def readout_width(sample_counts: Sequence[int], centres: Sequence[int | None]) -> int:
-    """The smallest kx width that holds every readout with its centre sample at width//2."""
+    """The smallest kx width that holds every readout with its centre sample at width//2.
+
+    A complete readout of odd length (63 samples centred at 31) keeps its length; any other is
+    taken as part of an even readout symmetric about its centre, 2 max(centre, count - centre)
+    wide (a partial-Fourier echo of 12 samples centred at 4 is 16 wide).
+    """
     width = 0
     for count, centre in zip(sample_counts, centres, strict=True):
-        if centre is None or not 0 < centre < count:
+        if centre is None or not 0 < centre < count or (count % 2 and centre == count // 2):
             width = max(width, count)
         else:
             width = max(width, 2 * max(centre, count - centre))

@@ -34,6 +34,15 @@ def test_undersampled_scan_round_trips_exactly(tmp_path, file_format):
 
 
 @pytest.mark.parametrize("file_format", WRITABLE_FORMATS)
+def test_odd_readout_length_round_trips(tmp_path, file_format):
+    """63 readout samples centred at 31 fit a width of 63: no column may be added."""
+    scan = undersampled_scan(3, 6, shape=(2, 2, 63, 23))
+    read = read_scan(write_scan(scan, tmp_path / f"odd{SUFFIX[file_format]}"))
+    assert read.matrix == (63, 23)
+    assert_same_scan(read, scan)
+
+
+@pytest.mark.parametrize("file_format", WRITABLE_FORMATS)
 def test_fully_sampled_scan_round_trips(tmp_path, file_format):
     scan = fully_sampled_scan()
     read = read_scan(write_scan(scan, tmp_path / f"full{SUFFIX[file_format]}"))
