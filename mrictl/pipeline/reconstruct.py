@@ -37,6 +37,7 @@ def write_outputs(
     attrs: Mapping[str, Any],
     reference: np.ndarray | None = None,
     compared_images: Mapping[str, np.ndarray] | None = None,
+    scan_id: str | None = None,
 ) -> list[Path]:
     """The viewer-facing outputs beside reconstruction.h5: DICOM, NIfTI, PNGs, report.
 
@@ -45,12 +46,16 @@ def write_outputs(
     the compared methods, this method and its error map (x5).
     """
     from mrictl.pipeline.report import write_report
-    from raki.io.dicom import write_dicom_series
+    from raki.io.dicom import study_uid_for, write_dicom_series
     from raki.io.nifti import write_nifti
     from raki.io.png import write_contact_sheet, write_image_strip, write_previews
 
     method = str(attrs["method"])
-    written = write_dicom_series(image, scan, out_dir / "dicom", method=method)
+    # A source without a study: one study per scan, so its jobs' series (RAKI, GRAPPA) meet.
+    study = None
+    if scan.identifiers.study_instance_uid is None and scan_id is not None:
+        study = study_uid_for(scan_id)
+    written = write_dicom_series(image, scan, out_dir / "dicom", method=method, study_uid=study)
     written.append(write_nifti(image, scan, out_dir / "reconstruction.nii.gz"))
     written += write_previews(image, out_dir / "preview")
     written.append(write_contact_sheet(image, out_dir / "preview" / "contact_sheet.png"))
@@ -135,6 +140,7 @@ def run_recon(context: StageContext) -> dict[str, Any]:
         attrs=attrs,
         reference=done.reference,
         compared_images=done.compared_images,
+        scan_id=scan_id,
     )
     timings["write_s"] = round(time.perf_counter() - write_started, 4)
     summary = {

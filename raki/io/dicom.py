@@ -43,6 +43,14 @@ from raki.scan import Identifiers, Scan
 
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 DEFAULT_SERIES_NUMBER = 901
+# Each method's series gets its own number and name, so that the series of one scan that land in
+# one study (RAKI beside GRAPPA...) can be told apart in a PACS.
+METHOD_SERIES = {
+    "raki": (901, "RAKI"),
+    "rraki": (902, "residual RAKI"),
+    "grappa": (903, "GRAPPA"),
+    "zerofill": (904, "zero-filled"),
+}
 DEFAULT_THICKNESS_MM = 1.0
 DEFAULT_PIXEL_MM = 1.0
 AXIAL_READ_DIR = (0.0, 1.0, 0.0)
@@ -289,9 +297,12 @@ def _series_dataset(
     if scan.protocol:
         ds.ProtocolName = _text(scan.protocol, 64)
     ds.PatientPosition = ""
+    # Empty rather than absent: dciodvfy cannot evaluate its condition and calls absence an
+    # error; empty draws only a warning.
     ds.Laterality = ""
-    # Frame of Reference: our positions are only as good as the source's, in its own frame.
-    ds.FrameOfReferenceUID = generate_uid()
+    # Frame of Reference: our positions are only as good as the source's, in its own frame;
+    # one per study, so that viewers link the series of one scan (RAKI beside GRAPPA).
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[study_uid, "frame of reference"])
     ds.PositionReferenceIndicator = ""
     # General Equipment: the software that made these instances
     ds.Manufacturer = "mrictl"
@@ -385,20 +396,28 @@ def _replace_dir(staging: Path, out_dir: Path) -> None:
         os.replace(staging, out_dir)
 
 
+def study_uid_for(key: str) -> str:
+    """The same valid Study Instance UID for the same `key` (e.g. a scan's content hash): for
+    sources that name no study, so that every series made from one scan lands in one study."""
+    return str(generate_uid(entropy_srcs=[key, "study"]))
+
+
 def write_dicom_series(
     image: np.ndarray,
     scan: Scan,
     out_dir: str | Path,
     *,
-    series_description: str = "mrictl RAKI",
+    series_description: str | None = None,
     method: str = "raki",
-    series_number: int = DEFAULT_SERIES_NUMBER,
+    series_number: int | None = None,
     study_uid: str | None = None,
 ) -> list[Path]:
     """Write `image` [slice, kx, ky] as one MR Image file per slice in `out_dir`.
 
     The study is `study_uid`, else the scan's own study, else a new one, so that several
-    series (RAKI, GRAPPA...) of one scan can share a study. The folder is built beside
+    series (RAKI, GRAPPA...) of one scan can share a study; they share its frame of reference
+    too (one per study: the positions are the source's). The series number and description
+    default to the method's (`METHOD_SERIES`). The folder is built beside
     `out_dir` and renamed into place, so readers never see half a series. Returns the files
     in slice order (IM0001.dcm, ...).
     """
@@ -411,14 +430,15 @@ def write_dicom_series(
         or str(generate_uid())
     )
     rescale = Rescale.spanning(image)
+    number, label = METHOD_SERIES.get(method, (DEFAULT_SERIES_NUMBER, method))
     series = _series_dataset(
         scan,
         grid,
         rescale,
         _window(image),
-        series_description=series_description,
+        series_description=series_description or f"mrictl {label}",
         method=method,
-        series_number=series_number,
+        series_number=number if series_number is None else series_number,
         study_uid=study,
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -274,3 +274,22 @@ def test_human_output_into_a_pipe_is_not_cut_to_80_columns(monkeypatch):
 
     monkeypatch.delenv("COLUMNS", raising=False)
     assert Output().console.width == PIPE_WIDTH  # pytest's stderr is no terminal
+
+
+def test_series_of_one_anonymous_scan_share_a_study_and_are_told_apart(backend, tmp_path):
+    import pydicom
+
+    scan = write_tiny_scan(tmp_path / "a.h5")
+    submitted = [
+        jobs.submit(backend, scan, method, RETROSPECTIVE) for method in ("zerofill", "grappa")
+    ]
+    process(backend)
+    first = []
+    for index, record in enumerate(submitted):
+        files = jobs.fetch(backend, record["job_id"], tmp_path / f"out{index}", formats=["dicom"])
+        first.append(pydicom.dcmread(sorted(files)[0]))
+    zerofill, grappa = first
+    assert zerofill.StudyInstanceUID == grappa.StudyInstanceUID
+    assert zerofill.FrameOfReferenceUID == grappa.FrameOfReferenceUID
+    assert zerofill.SeriesNumber != grappa.SeriesNumber
+    assert "GRAPPA" in grappa.SeriesDescription and "zero" in zerofill.SeriesDescription

@@ -320,3 +320,26 @@ def test_a_storage_scp_accepts_the_series(tmp_path: Path) -> None:
         assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
         np.testing.assert_array_equal(ds.pixel_array, sent[ds.SOPInstanceUID].pixel_array)
     assert {ds.SOPInstanceUID for ds in read_series(stored)} == set(sent)
+
+
+def test_each_method_names_and_numbers_its_series_and_a_study_shares_one_frame(
+    tmp_path: Path,
+) -> None:
+    from raki.io.dicom import study_uid_for
+
+    scan = make_scan(SAGITTAL)
+    study = study_uid_for("scan-0123456789abcdef")
+    assert study == study_uid_for("scan-0123456789abcdef") and UID(study).is_valid
+    series = {
+        method: read_series(
+            write_dicom_series(
+                make_image(), scan, tmp_path / method, method=method, study_uid=study
+            )
+        )[0]
+        for method in ("raki", "rraki", "grappa", "zerofill")
+    }
+    assert len({ds.SeriesNumber for ds in series.values()}) == 4
+    assert series["grappa"].SeriesDescription == "mrictl GRAPPA"
+    assert series["zerofill"].SeriesDescription == "mrictl zero-filled"
+    assert len({ds.FrameOfReferenceUID for ds in series.values()}) == 1
+    assert len({ds.StudyInstanceUID for ds in series.values()}) == 1
