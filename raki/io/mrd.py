@@ -12,8 +12,9 @@ readouts, 3D encodings and non-Cartesian trajectories are refused.
 
 Write: `/dataset/xml` and `/dataset/data` with the `ismrmrd` package's own HDF5 types, one
 acquisition per sampled (slice, ky) line in slice-major order. Lines inside the ACS block are
-flagged ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING when they lie on the R-lattice through ky = N//2
-and ACQ_IS_PARALLEL_CALIBRATION otherwise, as a scanner's integrated reference scan does.
+flagged ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING when they lie on the R-lattice of the acquired
+lines outside the block (through ky = N//2 when there are none) and ACQ_IS_PARALLEL_CALIBRATION
+otherwise, as a scanner's integrated reference scan does.
 """
 
 from __future__ import annotations
@@ -124,12 +125,22 @@ def write_mrd(scan: Scan, path: str | Path) -> Path:
     return path
 
 
+def _imaging_phase(scan: Scan) -> int:
+    """ky mod R of the imaging lattice: that of most acquired lines outside the ACS (a mask
+    need not pass through N//2, and fastMRI's rounded gaps only mostly keep one phase), else
+    the one through the centre line."""
+    lines = np.arange(scan.sampled.size)
+    outside = scan.sampled & ~((lines >= scan.acs.start) & (lines < scan.acs.stop))
+    if scan.acceleration < 2 or not outside.any():
+        return scan.matrix[1] // 2
+    return int(np.bincount(lines[outside] % scan.acceleration).argmax())
+
+
 def _line_flags(scan: Scan, lines: np.ndarray, slices: np.ndarray) -> np.ndarray:
-    num_ky = scan.matrix[1]
     flags = np.zeros(lines.size, dtype=np.uint64)
     if scan.acs is not None:
         in_acs = (lines >= scan.acs.start) & (lines < scan.acs.stop)
-        on_lattice = (lines - num_ky // 2) % scan.acceleration == 0
+        on_lattice = (lines - _imaging_phase(scan)) % scan.acceleration == 0
         flags[in_acs & on_lattice] |= flag_bit(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION_AND_IMAGING)
         flags[in_acs & ~on_lattice] |= flag_bit(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION)
     starts = np.flatnonzero(np.diff(slices, prepend=-1))

@@ -180,3 +180,36 @@ def test_declared_readout_oversampling_round_trips(tmp_path, file_format):
     read = read_scan(write_scan(scan, tmp_path / f"os{SUFFIX[file_format]}"))
     assert read.geometry.readout_oversampling == 2.0
     assert_same_scan(read, scan)
+
+
+def test_mrd_imaging_flags_inside_the_acs_continue_the_outer_lattice(tmp_path):
+    """fastMRI's rounded gaps need not pass through N//2: a reader that takes only imaging
+    lines (e.g. Gadgetron) must see the outer pattern continue through the ACS."""
+    from raki.sampling import rounded_spacing_mask
+    from raki.scan import Scan
+
+    mask = rounded_spacing_mask(48, 4, 6)
+    scan = Scan.from_kspace(undersample_random(mask), mask)
+    path = write_scan(scan, tmp_path / "fastmri_mask.mrd")
+    dataset = ismrmrd.Dataset(str(path), "dataset", create_if_needed=False, mode="r")
+    try:
+        imaging = set()
+        for number in range(dataset.number_of_acquisitions()):
+            acquisition = dataset.read_acquisition(number)
+            if not acquisition.is_flag_set(ismrmrd.ACQ_IS_PARALLEL_CALIBRATION):
+                imaging.add(acquisition.idx.kspace_encode_step_1)
+    finally:
+        dataset.close()
+    lines = np.flatnonzero(mask)
+    outside = [line for line in lines if not scan.acs.start <= line < scan.acs.stop]
+    phase = np.bincount(np.array(outside) % scan.acceleration).argmax()
+    in_acs = [line for line in lines if scan.acs.start <= line < scan.acs.stop]
+    on_pattern = {int(line) for line in in_acs if line % scan.acceleration == phase}
+    assert imaging == {int(line) for line in outside} | on_pattern
+    assert on_pattern  # the pattern does cross the ACS
+
+
+def undersample_random(mask: np.ndarray) -> np.ndarray:
+    from tests.raki.io.synthetic import random_kspace
+
+    return random_kspace((1, 2, 16, mask.size)) * mask
