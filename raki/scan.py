@@ -247,5 +247,8 @@ class Scan:
             "equispaced": self.is_equispaced,
             "fov_mm": list(self.geometry.fov_mm) if self.geometry.fov_mm else None,
             "resolution_mm": list(resolution) if resolution else None,
+            # Encoded over reconstructed readout length the header declares (2 for fastMRI);
+            # outputs keep the encoded readout (the input's matrix) all the same.
+            "readout_oversampling": self.geometry.readout_oversampling,
             "protocol": self.protocol,
         }

@@ -104,3 +104,13 @@ def test_fastmri_spacing_keeps_one_in_r_lines_with_the_acs_counted():
     assert scan.acs.lines == 30 and scan.acceleration in (5, 6) and not scan.is_equispaced
     with pytest.raises(InvalidScanError, match="unknown spacing 'random'"):
         full.undersampled(4, 30, spacing="random")
+
+
+def test_summary_says_the_declared_readout_oversampling():
+    from raki.phantom import simulate_scan
+    from raki.scan import Geometry
+
+    scan = simulate_scan((32, 24), num_coils=2)
+    assert scan.summary()["readout_oversampling"] is None
+    oversampled = scan.replace(geometry=Geometry(readout_oversampling=2.0))
+    assert oversampled.summary()["readout_oversampling"] == 2.0
