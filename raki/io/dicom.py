@@ -1,7 +1,8 @@
 """Write a reconstructed magnitude volume as a DICOM MR Image series that a PACS accepts.
 
 Layout: one MR Image Storage instance per slice, explicit VR little endian, 16-bit unsigned
-pixels that Rescale Slope/Intercept map back to the float values.
+pixels, windowed as stored (the MR Image IOD has no Modality LUT), that a Real World Value
+Mapping (slope, intercept) maps back to the float values.
 
 Orientation: DICOM rows follow kx (readout) and columns follow ky (phase encode), so pixel
 (row r, column c) of slice s is `image[s, r, c]` with no flip or transpose. Hence
@@ -191,6 +192,23 @@ class Rescale:
         return np.clip(scaled, 0, MAX_STORED).astype(np.uint16)
 
 
+def _real_world_mapping(rescale: Rescale) -> Dataset:
+    """value = stored * slope + intercept: the RSS magnitude, in the k-space's own units."""
+    item = Dataset()
+    item.RealWorldValueFirstValueMapped = 0
+    item.RealWorldValueLastValueMapped = MAX_STORED
+    item.RealWorldValueIntercept = float(rescale.intercept)
+    item.RealWorldValueSlope = float(rescale.slope)
+    item.LUTExplanation = "RSS magnitude (orthonormal FFT of the k-space)"
+    item.LUTLabel = "RSS"
+    units = Dataset()
+    units.CodeValue = "1"  # UCUM's unity: the magnitude carries the scanner's arbitrary units
+    units.CodingSchemeDesignator = "UCUM"
+    units.CodeMeaning = "no units"
+    item.MeasurementUnitsCodeSequence = [units]
+    return item
+
+
 def _ds_float(value: float) -> float:
     return float(format_number_as_ds(float(value)))
 
@@ -249,7 +267,7 @@ def _patient_and_study(ds: Dataset, identifiers: Identifiers, study_uid: str) ->
     anonymous = identifiers.patient_name is None and identifiers.patient_id is None
     if anonymous:
         digest = hashlib.sha256(study_uid.encode()).hexdigest()[:12].upper()
-        ds.PatientName = "ANONYMOUS"
+        ds.PatientName = "ANONYMOUS^"  # family name only; no caret reads as the retired form
         ds.PatientID = f"ANON-{digest}"
         ds.PatientBirthDate = ""
         ds.PatientIdentityRemoved = "YES"
@@ -332,10 +350,12 @@ def _series_dataset(
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 0
-    ds.RescaleIntercept = _ds(rescale.intercept)
-    ds.RescaleSlope = _ds(rescale.slope)
-    ds.WindowCenter = _ds(window[0])
-    ds.WindowWidth = _ds(window[1])
+    # The MR Image IOD has no Modality LUT: viewers show the stored values as they are, so
+    # the window is in stored units and the map back to the reconstruction's values is a
+    # Real World Value Mapping, where MR scanners put it too.
+    ds.WindowCenter = _ds((window[0] - rescale.intercept) / rescale.slope)
+    ds.WindowWidth = _ds(window[1] / rescale.slope)
+    ds.RealWorldValueMappingSequence = [_real_world_mapping(rescale)]
     # LINEAR_EXACT allows any positive width; plain LINEAR demands >= 1, too wide for
     # the small magnitudes an orthonormal FFT gives.
     ds.VOILUTFunction = "LINEAR_EXACT"

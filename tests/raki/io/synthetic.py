@@ -72,3 +72,11 @@ def assert_same_scan(read: Scan, written: Scan) -> None:
     assert read.geometry == written.geometry
     assert read.identifiers == written.identifiers
     assert read.protocol == written.protocol
+
+
+def real_world(ds, stored: np.ndarray) -> np.ndarray:
+    """A DICOM slice's stored pixels as the reconstruction's values (Real World Value Mapping);
+    the Modality LUT stays identity, as the MR Image IOD has none."""
+    assert "RescaleSlope" not in ds and "RescaleIntercept" not in ds
+    (mapping,) = ds.RealWorldValueMappingSequence
+    return stored * float(mapping.RealWorldValueSlope) + float(mapping.RealWorldValueIntercept)

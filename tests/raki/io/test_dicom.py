@@ -16,6 +16,7 @@ from pydicom.uid import UID
 from raki.errors import FileFormatError, InvalidScanError
 from raki.io.dicom import MR_IMAGE_STORAGE, write_dicom_series
 from raki.scan import Geometry, Identifiers, Scan
+from tests.raki.io.synthetic import real_world
 
 SLICES, READOUT, PHASE = 3, 32, 24
 
@@ -89,18 +90,20 @@ def test_pixels_after_rescale_equal_the_float_image_within_quantisation(tmp_path
     for index, ds in enumerate(datasets):
         stored = ds.pixel_array
         assert stored.dtype == np.uint16
-        values = stored * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
-        step = float(ds.RescaleSlope)
+        values = real_world(ds, stored)
+        step = float(ds.RealWorldValueMappingSequence[0].RealWorldValueSlope)
         np.testing.assert_allclose(values, image[index], rtol=0, atol=step * 0.5 + 1e-12)
         assert float(ds.WindowWidth) > 0
-        assert 0 < float(ds.WindowCenter) < image.max()
+        # The window is in stored units: viewers apply it to the pixels as they are.
+        assert 0 < float(ds.WindowCenter) < 65535
+        assert 0 < real_world(ds, np.array(float(ds.WindowCenter))) < image.max()
 
 
 def test_a_constant_image_survives_the_rescale(tmp_path: Path) -> None:
     image = np.full((SLICES, READOUT, PHASE), 2.5, dtype=np.float32)
     paths = write_dicom_series(image, make_scan(), tmp_path / "series")
     ds = pydicom.dcmread(paths[0])
-    values = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    values = real_world(ds, ds.pixel_array)
     np.testing.assert_allclose(values, 2.5)
 
 
@@ -193,7 +196,7 @@ def test_placeholders_when_the_scan_names_no_patient(tmp_path: Path) -> None:
     a = read_series(write_dicom_series(make_image(), make_scan(), tmp_path / "a"))
     b = read_series(write_dicom_series(make_image(), make_scan(), tmp_path / "b"))
     for ds in a:
-        assert ds.PatientName == "ANONYMOUS"
+        assert ds.PatientName == "ANONYMOUS^"
         assert ds.PatientIdentityRemoved == "YES"
         assert ds.DeidentificationMethod
         assert ds.PatientID.startswith("ANON-")

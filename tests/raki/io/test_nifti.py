@@ -13,6 +13,7 @@ from raki.errors import FileFormatError, InvalidScanError
 from raki.io.dicom import write_dicom_series
 from raki.io.nifti import write_nifti
 from raki.scan import Geometry, Identifiers, Scan
+from tests.raki.io.synthetic import real_world
 
 SLICES, READOUT, PHASE = 3, 32, 24
 
@@ -107,9 +108,9 @@ def test_each_voxel_lands_where_the_dicom_series_puts_its_pixel(tmp_path: Path) 
             dicom_lps = position + c * column_spacing * row_cos + r * row_spacing * col_cos
             nifti_ras = volume.affine @ np.array([r, c, k, 1.0])
             np.testing.assert_allclose(nifti_ras[:3], dicom_lps * lps_to_ras, atol=1e-6)
-            values = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+            values = real_world(ds, ds.pixel_array)
             assert volume.dataobj[r, c, k] == pytest.approx(
-                values[r, c], abs=float(ds.RescaleSlope)
+                values[r, c], abs=float(ds.RealWorldValueMappingSequence[0].RealWorldValueSlope)
             )
 
 
