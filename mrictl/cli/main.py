@@ -89,7 +89,12 @@ class MrictlGroup(TyperGroup):
         json_mode = "--json" in argv
         try:
             if not json_mode:
-                return super().main(argv, *pargs, **kwargs)
+                try:
+                    return super().main(argv, *pargs, **kwargs)
+                except SystemExit as done:  # typer turns Ctrl-C into a silent exit 130
+                    if done.code == ExitCode.INTERRUPTED:
+                        report(ExitCode.INTERRUPTED, "interrupted", False)
+                    raise
             # Scripts get usage errors and interrupts as JSON too: click reports them itself
             # only in standalone mode, so run without it and report here.
             kwargs["standalone_mode"] = False

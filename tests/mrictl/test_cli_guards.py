@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -237,3 +238,44 @@ def test_a_stream_that_cannot_be_written_gives_no_second_traceback(monkeypatch):
     monkeypatch.setattr("sys.stdout", Full())
     monkeypatch.setattr("sys.stderr", Full())
     assert report(ExitCode.BAD_INPUT, "bad scan", json_mode=True) == ExitCode.BAD_INPUT
+
+
+@pytest.mark.parametrize("json_flag", [False, True])
+def test_ctrl_c_is_one_line_exit_130_and_no_output_file(tmp_path, full_scan, json_flag):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "x.h5"
+    command = [sys.executable, "-m", "mrictl", "recon", "run", str(full_scan), "--accel", "4",
+               "--method", "raki", "--iterations", "100000", "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(
+        command + (["--json"] if json_flag else []),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for_cpu_seconds(process.pid, 6.0)  # imports done (about 2 s), training under way
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == ExitCode.INTERRUPTED
+    assert stderr.strip().splitlines()[-1] == "error: interrupted"
+    if json_flag:
+        assert '"code": 130' in stdout
+    assert not list(tmp_path.glob("*x.h5*"))
+
+
+def wait_for_cpu_seconds(pid: int, seconds: float, timeout: float = 120.0) -> None:
+    """Until the process has used `seconds` of CPU (Linux /proc): a fixed sleep is too short
+    on a loaded CI machine."""
+    import os
+    import time
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if (int(fields[11]) + int(fields[12])) / ticks >= seconds:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"process {pid} used under {seconds} s of CPU in {timeout} s")
