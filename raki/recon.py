@@ -298,9 +298,14 @@ def reconstruct(
     else:
         kspace = zerofill(scan)
     timings["total_s"] = time.perf_counter() - start
+    image = rss_image(kspace)
+    if not np.isfinite(image).all():
+        # Never hand on (or write) an image with NaN or infinite pixels: the input was checked
+        # finite, so the method failed numerically (or applied damaged weights).
+        raise InvalidScanError(f"{method} gave non-finite values on this scan; nothing was written")
     return ReconResult(
         kspace=kspace,
-        image=rss_image(kspace),
+        image=image,
         method=method,
         timings=timings,
         details=details,

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,8 +86,10 @@ class RakiWeights:
     def check_compatible(self, scan: Scan, method: str) -> None:
         """Raise IncompatibleWeightsError naming the first thing that does not fit `scan`.
 
-        The networks are convolutions, so the ky size and the lattice phase may differ from the
-        training scan; the method, coils, R, slice count and readout size may not.
+        The networks are convolutions, so for `raki` the ky size and the lattice phase may
+        differ from the training scan; the method, coils, R, slice count and readout size may
+        not. `rraki` weights also hold the GRAPPA kernel of their training scan, whose patterns
+        (lines beside the ACS, ky edges) belong to its mask: they need the same matrix too.
         """
         problems = [
             (method != self.method, f"they were trained for {self.method!r}, not {method!r}"),
@@ -162,6 +165,7 @@ class RakiWeights:
             raise MissingFileError(path, "no such weights file")
         if not path.is_file():
             raise FileFormatError(path, "is a folder, not a weights file")
+        _check_archive(path)
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for corrupt or foreign files
@@ -180,7 +184,7 @@ class RakiWeights:
                 path, f"weights format version {payload.get('format_version')} is not supported"
             )
         try:
-            return cls(
+            weights = cls(
                 method=str(payload["method"]),
                 acceleration=int(payload["acceleration"]),
                 num_coils=int(payload["num_coils"]),
@@ -198,6 +202,52 @@ class RakiWeights:
             )
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise FileFormatError(path, f"weights file lacks or garbles {error}") from None
+        problem = weights.inconsistency()
+        if problem:
+            raise FileFormatError(path, f"damaged weights file: {problem}")
+        return weights
+
+    def inconsistency(self) -> str | None:
+        """What does not add up between the networks and what the file says of them (a
+        hand-edited or damaged file), or None; applying such weights would fail or give NaN."""
+        from raki.model import build_networks
+
+        slices = len(self.state_dicts)
+        if slices == 0 or len(self.scales) != slices:
+            return f"{slices} slices of networks but {len(self.scales)} scales"
+        if self.method not in ("raki", "rraki") or self.acceleration < 2:
+            return f"method {self.method!r} at R={self.acceleration}"
+        coils = self.num_coils if self.coil_bases is None else int(self.coil_bases.shape[2])
+        try:
+            hidden = tuple(int(size) for size in self.hyperparameters.get("hidden", (32, 8)))
+            expected = build_networks(self.method, coils, self.acceleration, hidden).state_dict()
+        except (TypeError, ValueError, RuntimeError) as error:
+            return f"networks that cannot be built ({error})"
+        for index, state in enumerate(self.state_dicts):
+            if not isinstance(state, dict) or set(state) != set(expected):
+                return f"slice {index}'s networks are not {self.method}'s layers"
+            for name, tensor in state.items():
+                if not isinstance(tensor, torch.Tensor) or tensor.shape != expected[name].shape:
+                    return f"slice {index}'s {name} has the wrong shape"
+                if not torch.isfinite(tensor).all():
+                    return f"slice {index}'s {name} holds non-finite values"
+        if not all(np.isfinite(self.scales)) or min(self.scales) <= 0:
+            return "a slice scale that is not a positive number"
+        return None
+
+
+def _check_archive(path: Path) -> None:
+    """FileFormatError when the zip archive that torch.save writes fails its CRC checks: torch
+    itself reads a flipped byte in a tensor without noticing, and the image turns to NaN."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except zipfile.BadZipFile:
+        return  # not a zip: torch.load below says what it is
+    except (OSError, RuntimeError, NotImplementedError) as error:
+        raise FileFormatError(path, f"cannot be checked ({type(error).__name__})") from None
+    if damaged is not None:
+        raise FileFormatError(path, "corrupt weights file: a stored tensor fails its checksum")
 
 
 def _grappa_to_payload(kernel: GrappaKernel) -> dict[str, object]:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from raki import __version__
-from raki.errors import FileFormatError, IncompatibleWeightsError
+from raki.errors import FileFormatError, IncompatibleWeightsError, InvalidScanError
 from raki.phantom import simulate_scan
 from raki.recon import reconstruct
 from raki.sampling import AcsBlock
@@ -121,3 +121,51 @@ def test_weights_of_an_older_format_say_to_train_again(tmp_path):
     torch.save({"format": "raki-weights", "format_version": 1}, path)
     with pytest.raises(FileFormatError, match="older release: train again"):
         RakiWeights.load(path)
+
+
+def test_a_flipped_byte_in_a_tensor_is_refused_not_applied(tmp_path, weights):
+    import zipfile
+
+    path = weights.save(tmp_path / "w.pt")
+    with zipfile.ZipFile(path) as archive:
+        member = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size)
+    # A tensor's bytes start after the member's local header (30 bytes + name + extra field).
+    raw = bytearray(path.read_bytes())
+    local_extra = int.from_bytes(
+        raw[member.header_offset + 28 : member.header_offset + 30], "little"
+    )
+    start = member.header_offset + 30 + len(member.filename.encode()) + local_extra
+    raw[start : start + 4] = b"\xff\xff\x7f\x7f"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FileFormatError, match="corrupt weights file"):
+        RakiWeights.load(path)
+
+
+def test_hand_edited_networks_are_refused_with_a_reason(tmp_path, weights):
+    import dataclasses
+
+    bad_layers = dataclasses.replace(
+        weights, state_dicts=[{"x": torch.zeros(1)}] * len(weights.state_dicts)
+    )
+    path = bad_layers.save(tmp_path / "layers.pt")
+    with pytest.raises(FileFormatError, match=r"not r?raki's layers"):
+        RakiWeights.load(path)
+    wrong_hidden = dataclasses.replace(
+        weights, hyperparameters={**weights.hyperparameters, "hidden": [16, 4]}
+    )
+    with pytest.raises(FileFormatError, match="wrong shape"):
+        RakiWeights.load(wrong_hidden.save(tmp_path / "hidden.pt"))
+    short = dataclasses.replace(weights, scales=[])
+    with pytest.raises(FileFormatError, match="scales"):
+        RakiWeights.load(short.save(tmp_path / "scales.pt"))
+
+
+def test_networks_that_give_nan_never_make_an_image(scan, weights):
+    import dataclasses
+
+    broken = [
+        {name: torch.full_like(t, float("nan")) for name, t in s.items()}
+        for s in weights.state_dicts
+    ]
+    with pytest.raises(InvalidScanError, match="non-finite"):
+        reconstruct(scan, weights.method, weights=dataclasses.replace(weights, state_dicts=broken))
