@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mrictl.errors import ExitCode, MrictlError
-from raki.device import DEVICES, is_device_name
+from raki.device import DEVICES, is_device_name, resolve_device
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
 from raki.io import read_scan
@@ -50,6 +50,13 @@ class ReconOptions:
 
     def __post_init__(self) -> None:
         check_method_and_device(self.method, self.device)
+        resolve_device(self.device)  # "cuda" without a GPU is refused for every method
+        if self.weights is not None and (self.iterations is not None or self.training):
+            raise MrictlError(
+                "--weights applies saved networks: training flags (--iterations, "
+                "--learning-rate, --faithful, ...) do not apply to them; leave them out",
+                ExitCode.USAGE,
+            )
 
     def training_config(self) -> TrainingConfig:
         return training_config(self.training)

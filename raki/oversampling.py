@@ -36,6 +36,8 @@ def cropped_readout(readout: int, factor: float) -> int:
     """Readout points kept when removing `factor`-fold oversampling (even, at least 8)."""
     if factor < 1.0:
         raise InvalidScanError(f"readout oversampling must be >= 1, got {factor}")
+    if factor == 1.0:
+        return readout  # nothing to remove: an odd readout (49) must not lose a point
     kept = round(readout / factor / 2) * 2
     return min(readout, max(kept, 8))
 

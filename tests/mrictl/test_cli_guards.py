@@ -279,3 +279,26 @@ def wait_for_cpu_seconds(pid: int, seconds: float, timeout: float = 120.0) -> No
             return
         time.sleep(0.1)
     raise AssertionError(f"process {pid} used under {seconds} s of CPU in {timeout} s")
+
+
+def test_training_flags_with_weights_are_refused_not_ignored(tmp_path, full_scan):
+    weights = tmp_path / "w.pt"
+    trained = invoke("train", str(full_scan), "--accel", "4", "--iterations", "2", "--out",
+                     str(weights))  # fmt: skip
+    assert trained.exit_code == 0, trained.stderr
+    for flag in (("--iterations", "500"), ("--faithful",), ("--learning-rate", "0.1")):
+        out = str(tmp_path / "x.h5")
+        outcome = invoke("recon", "run", str(full_scan), "--accel", "4", "--weights",
+                         str(weights), *flag, "--out", out, "--json")  # fmt: skip
+        assert "--weights" in refused(outcome, ExitCode.USAGE)["message"]
+
+
+def test_cuda_without_a_gpu_is_refused_for_every_method(tmp_path, full_scan):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for method in ("grappa", "zerofill"):
+        outcome = invoke("recon", "run", str(full_scan), "--accel", "4", "--method", method,
+                         "--device", "cuda", "--out", str(tmp_path / "x.h5"), "--json")  # fmt: skip
+        assert "no CUDA GPU" in refused(outcome, ExitCode.USAGE)["message"]

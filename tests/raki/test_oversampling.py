@@ -114,3 +114,14 @@ def test_default_rraki_reconstructs_an_oversampled_scan_and_reuses_its_weights(t
     loaded = RakiWeights.load(weights.save(tmp_path / "rraki.pt"))
     again = reconstruct(scan, "rraki", device="cpu", weights=loaded)
     np.testing.assert_allclose(again.kspace, done.kspace, rtol=1e-5, atol=1e-6)
+
+
+def test_a_factor_of_one_keeps_every_readout_point():
+    for readout in (9, 13, 49, 64, 641):
+        assert cropped_readout(readout, 1.0) == readout
+
+
+def test_the_default_method_runs_on_a_readout_as_narrow_as_grappas_kernel():
+    scan = simulate_scan((9, 40), num_coils=4).undersampled(3, 8)
+    result = reconstruct(scan, "rraki", iterations=2)
+    assert result.image.shape == (1, 9, 40)
