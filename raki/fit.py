@@ -34,8 +34,14 @@ def network_error_norms(error: torch.Tensor, num_networks: int) -> torch.Tensor:
 
     `error` is [batch, networks x outputs, kx, ky]; a batch (ACS patches) counts as positions.
     """
+    return grouped_error_norms(error, num_networks, 1)[0]
+
+
+def grouped_error_norms(error: torch.Tensor, num_networks: int, groups: int) -> torch.Tensor:
+    """`network_error_norms` summed within `groups` consecutive blocks of networks ([groups]):
+    the slices of a merged module (`raki.model.merge_slices`), each its own loss curve."""
     per_network = error.transpose(0, 1).reshape(num_networks, -1)
-    return torch.linalg.vector_norm(per_network, dim=1).sum()
+    return torch.linalg.vector_norm(per_network, dim=1).reshape(groups, -1).sum(dim=1)
 
 
 def readout_patches(
@@ -63,14 +69,17 @@ def _loss(
     targets: torch.Tensor,
     acceleration: int,
     linear_weight: float,
+    groups: int = 1,
 ) -> torch.Tensor:
+    """The loss of each of `groups` blocks of networks ([groups]); training minimises the sum."""
     if isinstance(networks, ResidualRakiNetworks):
         count = networks.cnn.num_networks
         linear, total = networks.forward_parts(inputs, acceleration)
-        return network_error_norms(total - targets, count) + linear_weight * network_error_norms(
-            linear - targets, count
+        return grouped_error_norms(total - targets, count, groups) + (
+            linear_weight * grouped_error_norms(linear - targets, count, groups)
         )
-    return network_error_norms(networks(inputs, acceleration) - targets, networks.num_networks)
+    count = networks.num_networks
+    return grouped_error_norms(networks(inputs, acceleration) - targets, count, groups)
 
 
 def _split_loss(
@@ -147,8 +156,12 @@ def fit_networks(
     batch_fraction: float = 1.0,
     seed: int = 0,
     observer: Observer | None = None,
+    group_curves: list[list[float]] | None = None,
 ) -> list[float]:
     """Adam on the ACS pair; returns the loss of every iteration.
+
+    With `group_curves` (one empty list per slice of a merged module), each slice's own loss of
+    every iteration is appended to its list as well.
 
     Losses stay on the device and are read back every REPORT_EVERY iterations only, so that a
     GPU never waits for the host inside the loop. With `early_stop_patience`, every k-th ky
@@ -178,7 +191,10 @@ def fit_networks(
         def draw() -> torch.Tensor:
             return torch.randperm(inputs.shape[0], generator=sampler)[:count].to(inputs.device)
 
-    losses = torch.empty(iterations, device=inputs.device)
+    groups = 1 if group_curves is None else len(group_curves)
+    if groups > 1 and early_stop_patience is not None:
+        raise ValueError("early stopping watches one module: it takes no per-slice curves")
+    losses = torch.empty(iterations, groups, device=inputs.device)
     held = torch.empty(iterations, device=inputs.device)
     holdout = None
     if early_stop_patience is not None:
@@ -196,11 +212,15 @@ def fit_networks(
                 inputs.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
             ):
                 if holdout is None:
-                    loss = _loss(networks, batch_inputs, batch_targets, acceleration, linear_weight)
+                    per_group = _loss(
+                        networks, batch_inputs, batch_targets, acceleration, linear_weight, groups
+                    )
+                    loss = per_group.sum()
                 else:
                     loss, held[iteration] = _split_loss(
                         networks, batch_inputs, batch_targets, acceleration, linear_weight, holdout
                     )
+                    per_group = loss[None]
             if holdout is not None and iteration % REPORT_EVERY == 0:
                 # held[iteration] belongs to the weights before this step: keep them if best.
                 value = float(held[iteration])
@@ -215,10 +235,14 @@ def fit_networks(
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-            losses[iteration] = loss.detach() * loss_scale
+            losses[iteration] = per_group.detach() * loss_scale
             done = iteration + 1
             if done % REPORT_EVERY == 0 or done == iterations:
-                curve.extend(losses[len(curve) : done].tolist())
+                rows = losses[len(curve) : done]
+                if group_curves is not None:
+                    for group, values in zip(group_curves, rows.T.tolist(), strict=True):
+                        group.extend(values)
+                curve.extend(rows.sum(dim=1).tolist())
                 if progress is not None:
                     report = {"slice": slice_index, "iteration": done, "iterations": iterations}
                     progress({**report, "loss": curve[-1]})

@@ -323,6 +323,7 @@ def _fit(
     progress: ProgressCallback | None,
     slice_index: int,
     observer: Observer | None,
+    group_curves: list[list[float]] | None = None,
 ) -> list[float]:
     return fit_networks(
         networks,
@@ -341,6 +342,7 @@ def _fit(
         batch_fraction=config.batch_fraction,
         seed=config.seed,
         observer=observer,
+        group_curves=group_curves,
     )
 
 
@@ -378,20 +380,21 @@ def train_slices_together(
     *,
     progress: ProgressCallback | None = None,
     first_slice: int = 0,
-) -> tuple[list[dict[str, torch.Tensor]], list[float], list[float]]:
+) -> tuple[list[dict[str, torch.Tensor]], list[float], list[list[float]]]:
     """Several slices' networks [slice, coil, kx, L] trained in one merged module.
 
     The same weights as `train_slice` on each slice (`raki.model.merge_slices`), in one pass per
-    iteration: what fills a GPU. Returns per-slice state dicts (on the CPU), scales, and the
-    loss curve of the merged module divided by the slice count (the slices' mean loss).
+    iteration: what fills a GPU. Returns per-slice state dicts (on the CPU), scales, and each
+    slice's own loss curve (its networks' part of the merged loss, what `train_slice` records).
     """
     started = [_start_networks(one, acceleration, method, config) for one in acs]
     merged = merge_slices([networks for networks, *_ in started]).to(device)
     inputs = torch.cat([pair_inputs for *_, pair_inputs, _ in started], dim=1).to(device)
     targets = torch.cat([pair_targets for *_, pair_targets in started], dim=1).to(device)
-    curve = _fit(merged, inputs, targets, acceleration, config, progress, first_slice, None)
+    curves: list[list[float]] = [[] for _ in started]
+    _fit(merged, inputs, targets, acceleration, config, progress, first_slice, None, curves)
     states = [{k: v.cpu() for k, v in state.items()} for state in split_slices(merged)]
-    return states, [scale for _, scale, *_ in started], [loss / len(acs) for loss in curve]
+    return states, [scale for _, scale, *_ in started], curves
 
 
 def slices_per_batch(config: TrainingConfig, device: torch.device, num_slices: int) -> int:
@@ -478,7 +481,7 @@ def train_scan(
         )
     for first in range(0, scan.num_slices, batch):
         if batch > 1:
-            states, chunk_scales, curve = train_slices_together(
+            states, chunk_scales, chunk_curves = train_slices_together(
                 acs[first : first + batch],
                 scan.acceleration,
                 method,
@@ -489,7 +492,7 @@ def train_scan(
             )
             state_dicts.extend(states)
             scales.extend(chunk_scales)
-            curves.extend([curve] * len(states))
+            curves.extend(chunk_curves)
             continue
         networks, scale, curve = train_slice(
             acs[first],

@@ -235,6 +235,7 @@ def test_slices_trained_together_get_the_weights_of_slices_trained_alone():
 
 
 def test_train_scan_batches_slices_and_refuses_what_cannot_be_batched():
+    import numpy as np
     import pytest
 
     from raki.errors import InvalidScanError
@@ -253,6 +254,13 @@ def test_train_scan_batches_slices_and_refuses_what_cannot_be_batched():
     # Slice 2 trains alone in both runs (3 slices in batches of 2): the same float32 weights.
     for name, weight in together.state_dicts[2].items():
         assert torch_equal(weight, alone.state_dicts[2][name])
+    # Each slice keeps its own loss curve when trained with another (not the pair's mean).
+    # (The first iterations agree closely; float32 sums in another order then drift apart.)
+    for merged_curve, own_curve in zip(together.loss_curves, alone.loss_curves, strict=True):
+        assert len(merged_curve) == len(own_curve) == 20
+        np.testing.assert_allclose(merged_curve[:5], own_curve[:5], rtol=1e-3)
+    first, second = together.loss_curves[0][0], together.loss_curves[1][0]
+    assert abs(first - second) > 1e-3 * max(first, second)
     with pytest.raises(InvalidScanError, match="together"):
         train_scan(
             scan,
