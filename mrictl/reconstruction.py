@@ -127,7 +127,13 @@ class Reconstruction:
 def prepare_scan(
     scan: Scan, acceleration: int | None, acs_lines: int | None
 ) -> tuple[Scan, np.ndarray | None]:
-    """The scan to reconstruct and, for a fully sampled input, its reference RSS image."""
+    """The scan to reconstruct and, for a fully sampled input, its reference RSS image.
+
+    A zero-padded input (one block of lines, zeros either side) is fully sampled as far as it
+    was acquired: its padding counts as measured zeros.
+    """
+    if scan.is_zero_padded:
+        scan = scan.padding_as_measured()
     if scan.is_fully_sampled:
         if acceleration is None or acceleration < 2:
             raise MrictlError(
@@ -156,6 +162,8 @@ def prepare_scan(
 def reference_image_of(path: Path, scan: Scan) -> np.ndarray:
     """The RSS image of a fully sampled reference file that matches `scan`."""
     reference = read_scan(path)
+    if reference.is_zero_padded:
+        reference = reference.padding_as_measured()
     if not reference.is_fully_sampled:
         raise MrictlError(f"{path.name}: the reference must be fully sampled", ExitCode.BAD_INPUT)
     if reference.kspace.shape != scan.kspace.shape:

@@ -181,6 +181,27 @@ class Scan:
         return bool(self.sampled.all())
 
     @property
+    def is_zero_padded(self) -> bool:
+        """Every line of one contiguous block acquired, zeros either side: a reduced phase
+        resolution or partial-Fourier acquisition on a larger matrix (fastMRI's knee files),
+        not an undersampled one."""
+        lines = np.flatnonzero(self.sampled)
+        return (
+            not self.is_fully_sampled
+            and self.acceleration == 1
+            and lines.size > 1
+            and lines[-1] - lines[0] + 1 == lines.size
+        )
+
+    def padding_as_measured(self) -> Scan:
+        """This zero-padded scan with its padding taken as measured zeros: fully sampled, so it
+        can be undersampled retrospectively and serve as its own reference (same image)."""
+        if not self.is_zero_padded:
+            raise InvalidScanError("only a zero-padded scan (one block of lines) can be completed")
+        every_line = np.ones_like(self.sampled)
+        return self.replace(sampled=every_line, acs=AcsBlock(0, every_line.size), acceleration=1)
+
+    @property
     def is_equispaced(self) -> bool:
         return is_equispaced(self.sampled, self.acs, self.acceleration)
 
@@ -208,6 +229,8 @@ class Scan:
             raise InvalidScanError(
                 f"unknown spacing {spacing!r}; choose one of {', '.join(UNDERSAMPLING_SPACINGS)}"
             )
+        if self.is_zero_padded:
+            return self.padding_as_measured().undersampled(acceleration, acs_lines, spacing=spacing)
         if not self.is_fully_sampled:
             raise InvalidScanError(
                 f"only a fully sampled scan can be undersampled retrospectively; this one has "

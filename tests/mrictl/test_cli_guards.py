@@ -302,3 +302,19 @@ def test_cuda_without_a_gpu_is_refused_for_every_method(tmp_path, full_scan):
         outcome = invoke("recon", "run", str(full_scan), "--accel", "4", "--method", method,
                          "--device", "cuda", "--out", str(tmp_path / "x.h5"), "--json")  # fmt: skip
         assert "no CUDA GPU" in refused(outcome, ExitCode.USAGE)["message"]
+
+
+def test_a_zero_padded_fully_sampled_file_is_undersampled_and_scored(tmp_path, full_scan):
+    with h5py.File(full_scan, "a") as file:
+        kspace = file["kspace"][()]
+        kspace[..., :4] = 0
+        kspace[..., -3:] = 0
+        file["kspace"][...] = kspace
+    out = tmp_path / "x.h5"
+    done = invoke("recon", "run", str(full_scan), "--accel", "4", "--method", "grappa",
+                  "--out", str(out), "--json")  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    metrics = done.json()["metrics"]
+    zero = invoke("recon", "run", str(full_scan), "--accel", "4", "--method", "zerofill",
+                  "--out", str(tmp_path / "z.h5"), "--json").json()["metrics"]  # fmt: skip
+    assert metrics["nmse"] < zero["nmse"]

@@ -114,3 +114,21 @@ def test_summary_says_the_declared_readout_oversampling():
     assert scan.summary()["readout_oversampling"] is None
     oversampled = scan.replace(geometry=Geometry(readout_oversampling=2.0))
     assert oversampled.summary()["readout_oversampling"] == 2.0
+
+
+def test_a_zero_padded_scan_is_fully_sampled_where_it_was_acquired():
+    """fastMRI's knee files (and any reduced phase resolution or partial Fourier) hold zero
+    lines either side of the acquired block: undersampling them must still work."""
+    from raki.phantom import simulate_scan
+
+    full = simulate_scan((32, 40), num_coils=2)
+    kspace = full.kspace.copy()
+    kspace[..., :5] = 0
+    kspace[..., -3:] = 0
+    padded = Scan.from_kspace(kspace)
+    assert padded.is_zero_padded and not padded.is_fully_sampled
+    completed = padded.padding_as_measured()
+    assert completed.is_fully_sampled and np.array_equal(completed.kspace, padded.kspace)
+    under = padded.undersampled(4, 8)
+    assert under.acceleration == 4 and under.is_equispaced
+    assert not under.is_zero_padded and not full.undersampled(4, 8).is_zero_padded
