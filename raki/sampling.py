@@ -128,7 +128,12 @@ def infer_acceleration(mask: np.ndarray, acs: AcsBlock | None) -> int:
 
 
 def is_equispaced(mask: np.ndarray, acs: AcsBlock | None, acceleration: int) -> bool:
-    """True when, outside the ACS, exactly the lines of one R-lattice are acquired."""
+    """True when, outside the ACS, exactly the lines of one R-lattice are acquired.
+
+    The lattice need only cover the acquired extent, from the first acquired line to the last,
+    with lines on both sides of the ACS: zero lines beyond it are padding, as in a reduced
+    phase resolution, partial Fourier or fastMRI's knee files, not skipped lattice lines.
+    """
     mask = np.asarray(mask, dtype=bool)
     if acceleration <= 1:
         return bool(mask.all())
@@ -136,11 +141,15 @@ def is_equispaced(mask: np.ndarray, acs: AcsBlock | None, acceleration: int) -> 
     if acs is not None:
         outside[acs.as_slice()] = False
     acquired = np.flatnonzero(mask & outside)
-    if acquired.size == 0:
+    if acquired.size < 2:
+        return False
+    if acs is not None and not (acquired[0] < acs.start and acquired[-1] >= acs.stop):
         return False
     lattice = np.zeros_like(mask)
     lattice[acquired[0] % acceleration :: acceleration] = True
-    return bool(np.array_equal(mask & outside, lattice & outside))
+    extent = np.zeros_like(mask)
+    extent[acquired[0] : acquired[-1] + 1] = True
+    return bool(np.array_equal(mask & outside, lattice & outside & extent))
 
 
 def describe_sampling(mask: np.ndarray) -> SamplingPattern:

@@ -190,3 +190,23 @@ def test_the_default_gives_way_to_grappa_only_where_the_networks_cannot_train(ph
     reconstruct(irregular, choice.method)  # and GRAPPA does reconstruct it
     # Fully sampled: nothing to fall back to; the default's own error will say why.
     assert default_method_for(phantom) == MethodChoice("rraki")
+
+
+def test_an_undersampled_scan_inside_zero_padding_gets_the_networks():
+    """fastMRI's knee files and partial Fourier leave zero lines beyond the lattice: that is
+    padding, not irregular sampling, so the default method runs there, not the fallback."""
+    from raki.phantom import simulate_scan
+    from raki.recon import default_method_for, reconstruct
+    from raki.sampling import equispaced_mask
+    from raki.scan import Scan
+
+    full = simulate_scan((32, 48), num_coils=4, seed=2)
+    mask = equispaced_mask(48, 3, 12)
+    mask[:4] = False
+    mask[-3:] = False
+    scan = Scan.from_kspace(full.kspace * mask, mask)
+    choice = default_method_for(scan)
+    assert choice.method == "rraki" and choice.fallback_reason is None
+    result = reconstruct(scan, "rraki", iterations=3)
+    assert np.isfinite(result.image).all()
+    np.testing.assert_array_equal(result.kspace[..., mask], scan.kspace[..., mask])

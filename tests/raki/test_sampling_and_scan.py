@@ -132,3 +132,19 @@ def test_a_zero_padded_scan_is_fully_sampled_where_it_was_acquired():
     under = padded.undersampled(4, 8)
     assert under.acceleration == 4 and under.is_equispaced
     assert not under.is_zero_padded and not full.undersampled(4, 8).is_zero_padded
+
+
+def test_a_lattice_inside_zero_padding_is_equispaced_but_a_gap_in_it_is_not():
+    from raki.sampling import equispaced_mask, find_acs, is_equispaced
+
+    mask = equispaced_mask(64, 4, 12)
+    mask[:6] = False  # padding either side, as in partial Fourier or fastMRI's knee files
+    mask[-5:] = False
+    acs = find_acs(mask)
+    assert is_equispaced(mask, acs, 4)
+    holed = mask.copy()
+    holed[np.flatnonzero(holed)[2]] = False
+    assert not is_equispaced(holed, acs, 4)
+    one_sided = mask.copy()
+    one_sided[acs.stop :] = False  # nothing beyond the ACS on one side: not a lattice at all
+    assert not is_equispaced(one_sided, find_acs(one_sided), 4)
