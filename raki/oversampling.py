@@ -22,6 +22,11 @@ from raki.fft import fftc, ifftc
 from raki.scan import Scan
 
 KX_AXIS = -2
+# The outer readout band holds anatomy, not only noise, when it carries more than this many
+# times the energy that noise at the level of the outermost acquired lines could put there
+# (an upper bound: those lines hold some signal too). Measured ratios: 0.09-0.78 with noise
+# alone in the band, 1.7-4.5 with a head reaching into it (docs/benchmarks.md).
+OUTER_SIGNAL_RATIO = 1.5
 
 
 def _ifft_x(kspace: np.ndarray) -> np.ndarray:
@@ -59,6 +64,29 @@ def pad_kspace(kspace: np.ndarray, readout: int) -> np.ndarray:
     padded = np.zeros((*image.shape[:-2], readout, image.shape[-1]), dtype=np.complex128)
     padded[..., _centre(readout, kspace.shape[KX_AXIS]), :] = image
     return _fft_x(padded).astype(np.complex64)
+
+
+def outer_band_signal_ratio(scan: Scan, factor: float) -> float:
+    """Energy of the ACS outside the central 1/factor of the readout FOV, over what white noise
+    at the power of the outermost acquired lines would put there: above OUTER_SIGNAL_RATIO the
+    band holds anatomy, which removing the oversampling would drop from every predicted line.
+    """
+    if scan.acs is None:
+        return float("inf")
+    acs = scan.acs_kspace()
+    profile = np.sum(np.abs(_ifft_x(acs)) ** 2, axis=(0, 1, 3))
+    kept = cropped_readout(profile.size, factor)
+    outer_share = 1.0 - profile[_centre(profile.size, kept)].sum() / max(profile.sum(), 1e-30)
+    lines = np.flatnonzero(scan.sampled)
+    lines = lines[(lines < scan.acs.start) | (lines >= scan.acs.stop)]
+    power = np.mean(np.abs(scan.kspace[..., lines]) ** 2, axis=(0, 1, 2)) if lines.size else []
+    lines, power = lines[np.asarray(power) > 0], np.asarray(power)[np.asarray(power) > 0]
+    if lines.size == 0:
+        return float("inf")
+    farthest = np.argsort(-np.abs(lines - scan.matrix[1] / 2))[: max(2, lines.size // 10)]
+    acs_energy = float(np.sum(np.abs(acs) ** 2))
+    noise_share = (1.0 - kept / profile.size) * float(power[farthest].mean()) * acs.size
+    return float(outer_share / max(noise_share / max(acs_energy, 1e-30), 1e-30))
 
 
 def resolve_oversampling(scan: Scan, requested: float | None) -> float:

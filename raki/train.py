@@ -58,7 +58,12 @@ from raki.model import (
     to_channels,
 )
 from raki.network_start import NETWORK_STARTS, embed_linear_start, grappa_kernel_for_layer1
-from raki.oversampling import crop_readout, resolve_oversampling
+from raki.oversampling import (
+    OUTER_SIGNAL_RATIO,
+    crop_readout,
+    outer_band_signal_ratio,
+    resolve_oversampling,
+)
 from raki.runtime import tune_process
 from raki.scan import Scan
 from raki.weights import RakiWeights, kspace_sha256
@@ -425,10 +430,18 @@ def resolve_linear_rate_scale(acs: np.ndarray, acceleration: int) -> float:
 
 
 def readout_factor(scan: Scan, method: str, requested: float | None) -> float:
-    """The readout oversampling to remove: `requested`, else the file's for rraki, else none."""
+    """The readout oversampling to remove: `requested`, else the file's for rraki (unless its
+    outer band holds anatomy: `raki.oversampling.outer_band_signal_ratio`), else none."""
     if requested is None and method == "raki":
         return 1.0
-    return resolve_oversampling(scan, requested)
+    factor = resolve_oversampling(scan, requested)
+    declared_but_full = (
+        requested is None
+        and factor > 1.0
+        and outer_band_signal_ratio(scan, factor) > OUTER_SIGNAL_RATIO
+    )
+    # Predicted lines would lose what lies in the outer band: keep the full readout there.
+    return 1.0 if declared_but_full else factor
 
 
 def train_scan(

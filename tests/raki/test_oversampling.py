@@ -125,3 +125,25 @@ def test_the_default_method_runs_on_a_readout_as_narrow_as_grappas_kernel():
     scan = simulate_scan((9, 40), num_coils=4).undersampled(3, 8)
     result = reconstruct(scan, "rraki", iterations=2)
     assert result.image.shape == (1, 9, 40)
+
+
+def test_the_declared_oversampling_stays_where_anatomy_reaches_the_outer_band():
+    """rraki removes what the header declares only where the outer readout band is empty."""
+    from raki.oversampling import OUTER_SIGNAL_RATIO, outer_band_signal_ratio
+    from raki.train import readout_factor
+
+    def declared(matrix, snr):
+        scan = simulate_scan(matrix, num_coils=4, snr=snr, seed=0).undersampled(4, 24)
+        return replace(scan, geometry=replace(scan.geometry, readout_oversampling=2.0))
+
+    empty, noisy, reaching = (
+        declared((128, 64), 30),
+        declared((128, 64), 5),
+        declared((128, 80), 30),
+    )
+    assert outer_band_signal_ratio(empty, 2.0) < OUTER_SIGNAL_RATIO
+    assert outer_band_signal_ratio(noisy, 2.0) < OUTER_SIGNAL_RATIO  # noise alone is no anatomy
+    assert outer_band_signal_ratio(reaching, 2.0) > OUTER_SIGNAL_RATIO
+    assert readout_factor(empty, "rraki", None) == 2.0
+    assert readout_factor(reaching, "rraki", None) == 1.0
+    assert readout_factor(reaching, "rraki", 2.0) == 2.0  # an explicit request is obeyed
