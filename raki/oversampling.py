@@ -79,8 +79,8 @@ def outer_band_signal_ratio(scan: Scan, factor: float) -> float:
     outer_share = 1.0 - profile[_centre(profile.size, kept)].sum() / max(profile.sum(), 1e-30)
     lines = np.flatnonzero(scan.sampled)
     lines = lines[(lines < scan.acs.start) | (lines >= scan.acs.stop)]
-    power = np.mean(np.abs(scan.kspace[..., lines]) ** 2, axis=(0, 1, 2)) if lines.size else []
-    lines, power = lines[np.asarray(power) > 0], np.asarray(power)[np.asarray(power) > 0]
+    power = np.mean(np.abs(scan.kspace[..., lines]) ** 2, axis=(0, 1, 2))
+    lines, power = lines[power > 0], power[power > 0]  # zero padding is no noise level
     if lines.size == 0:
         return float("inf")
     farthest = np.argsort(-np.abs(lines - scan.matrix[1] / 2))[: max(2, lines.size // 10)]

@@ -73,6 +73,18 @@ class Identifiers:
         return all(value is None for value in dataclasses.astuple(self))
 
 
+def _check_shape(kspace: np.ndarray) -> None:
+    """InvalidScanError unless k-space is [slice, coil, kx, ky] with none of them empty."""
+    if kspace.ndim != 4:
+        raise InvalidScanError(
+            f"k-space must have 4 axes [slice, coil, kx, ky], got {kspace.ndim} "
+            f"(shape {kspace.shape})"
+        )
+    if min(kspace.shape) == 0:
+        empty = ("slices", "coils", "readout points", "ky lines")[kspace.shape.index(0)]
+        raise InvalidScanError(f"k-space has no {empty} (shape {kspace.shape})")
+
+
 @dataclass(frozen=True, eq=False)
 class Scan:
     """k-space [slice, coil, kx (readout), ky (phase encode)] complex64 and how it was sampled.
@@ -92,15 +104,9 @@ class Scan:
 
     def __post_init__(self) -> None:
         kspace = np.asarray(self.kspace)
-        if kspace.ndim != 4:
-            raise InvalidScanError(
-                f"k-space must have 4 axes [slice, coil, kx, ky], got {kspace.ndim} "
-                f"(shape {kspace.shape})"
-            )
+        _check_shape(kspace)
         if not np.iscomplexobj(kspace):
             raise InvalidScanError(f"k-space must be complex, got {kspace.dtype}")
-        if min(kspace.shape) == 0:
-            raise InvalidScanError(f"k-space is empty (shape {kspace.shape})")
         kspace = kspace.astype(np.complex64, copy=False)
         if not np.isfinite(kspace.view(np.float32)).all():
             raise InvalidScanError("k-space holds NaN or infinite values")
@@ -142,14 +148,7 @@ class Scan:
     ) -> Scan:
         """A Scan whose mask (default: the non-zero ky lines), ACS and R are inferred if absent."""
         kspace = np.asarray(kspace)
-        if kspace.ndim != 4:
-            raise InvalidScanError(
-                f"k-space must have 4 axes [slice, coil, kx, ky], got {kspace.ndim} "
-                f"(shape {kspace.shape})"
-            )
-        if min(kspace.shape) == 0:
-            empty = ("slices", "coils", "readout points", "ky lines")[kspace.shape.index(0)]
-            raise InvalidScanError(f"k-space has no {empty} (shape {kspace.shape})")
+        _check_shape(kspace)  # before the mask is inferred from it
         if mask is None:
             mask = np.any(kspace != 0, axis=(0, 1, 2))
         pattern = describe_sampling(np.asarray(mask, dtype=bool))
