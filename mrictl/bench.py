@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mrictl.reconstruction import check_method_and_device
+from mrictl.recon_service import check_method_and_device
+from raki.methods import reconstruct
 from raki.phantom import simulate_scan
-from raki.recon import reconstruct
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class BenchSettings:
     slices_per_scan: int = 32
     price_per_hour: float | None = None
     seed: int = 0
-    # TrainingConfig fields to change (mrictl.reconstruction.training_config).
+    # TrainingConfig fields to change (mrictl.recon_service.training_config).
     training: dict[str, Any] = field(default_factory=dict)
     # Reconstruct the slices as one volume (one call, slices trained together on a GPU)
     # instead of one by one; seconds per slice is then the volume's time over its slices.
@@ -76,7 +76,7 @@ def run_bench(
     One by one, the first slice is timed apart (start-up) and the median of the rest is the
     rate; as a volume, a warm-up slice runs first and the volume's time is divided by its slices.
     """
-    from mrictl.reconstruction import training_config
+    from mrictl.recon_service import training_config
 
     config = training_config(settings.training)
     study = simulate_scan(

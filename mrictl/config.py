@@ -1,30 +1,77 @@
-"""Settings from flags > MRICTL_* environment > XDG TOML file > defaults.
+"""Settings from flags > MRICTL_* environment > XDG TOML file > defaults, one section per backend.
 
-Flags and environment reach us together through typer's `envvar=` (both outrank the file); the
-file is $MRICTL_CONFIG or $XDG_CONFIG_HOME/mrictl/config.toml. Nothing here writes files.
+The file is $MRICTL_CONFIG or $XDG_CONFIG_HOME/mrictl/config.toml:
+
+    [mrictl]                      # or top level: backend, method, device, lease_seconds, ...
+    backend = "local"
+    [local]
+    home = "/data/mrictl"         # also accepted at top level, as before
+    [aws]
+    region = "eu-west-1"
+    profile = "hospital-it"
+    stack_prefix = "mrictl-prod"
+    endpoint_url = "http://127.0.0.1:5000"   # a test server; never set in production
+
+Flags and environment reach us together through typer's `envvar=`, or as `overrides` here (both
+outrank the file). Nothing here writes files or creates clients (mrictl.backends does).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from mrictl.errors import ExitCode, MrictlError
 
 BACKENDS = ("local", "aws")
+# Environment variables of the backend sections (the top-level ones come through typer).
+SECTION_ENVIRONMENT = {
+    ("local", "home"): "MRICTL_HOME",
+    ("aws", "region"): "MRICTL_AWS_REGION",
+    ("aws", "profile"): "MRICTL_AWS_PROFILE",
+    ("aws", "stack_prefix"): "MRICTL_AWS_STACK_PREFIX",
+    ("aws", "endpoint_url"): "MRICTL_AWS_ENDPOINT_URL",
+}
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The embedded backend: everything under one folder."""
+
+    home: Path
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """The cloud backend: where its stacks live and how to reach the AWS APIs."""
+
+    region: str | None = None
+    profile: str | None = None
+    stack_prefix: str = "mrictl"
+    endpoint_url: str | None = None  # one endpoint for every service (a moto server in tests)
 
 
 @dataclass(frozen=True)
 class Settings:
-    home: Path
+    local: LocalSettings
+    aws: AwsSettings = field(default_factory=AwsSettings)
     backend: str = "local"
     method: str | None = None  # None: the library's DEFAULT_METHOD
     device: str = "auto"
     lease_seconds: float = 600.0
     max_attempts: int = 3
+
+    @property
+    def home(self) -> Path:
+        """The local backend's folder (where scratch space lives for every backend too)."""
+        return self.local.home
+
+
+TOP_LEVEL = ("backend", "method", "device", "lease_seconds", "max_attempts")
+SECTIONS = {"local": LocalSettings, "aws": AwsSettings}
 
 
 def config_path() -> Path:
@@ -41,7 +88,7 @@ def default_home() -> Path:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """The [mrictl] table (or top level) of the TOML file; {} when there is no file."""
+    """The file's values as {top-level key: value, "local": {...}, "aws": {...}}; {} if none."""
     if not path.is_file():
         return {}
     try:
@@ -49,9 +96,23 @@ def read_config_file(path: Path) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         message = f"config file {path.name} is not valid TOML: {exc}"
         raise MrictlError(message, ExitCode.USAGE) from None
-    table = document.get("mrictl", document)
-    known = {field.name for field in fields(Settings)}
-    unknown = sorted(set(table) - known)
+    table = dict(document.get("mrictl", document))
+    for section in SECTIONS:  # [local] and [aws] may sit beside [mrictl] or inside it
+        if section in document and section not in table:
+            table[section] = document[section]
+    if "home" in table:  # the top-level home of earlier versions
+        table.setdefault("local", {})
+        if isinstance(table["local"], dict):
+            table["local"] = {"home": table.pop("home"), **table["local"]}
+    unknown = sorted(set(table) - set(TOP_LEVEL) - set(SECTIONS))
+    for section, kind in SECTIONS.items():
+        values = table.get(section, {})
+        if not isinstance(values, dict):
+            raise MrictlError(
+                f"config file {path.name}: [{section}] must be a table", ExitCode.USAGE
+            )
+        known = {item.name for item in fields(kind)}
+        unknown += [f"{section}.{key}" for key in sorted(set(values) - known)]
     if unknown:
         raise MrictlError(
             f"config file {path.name} has unknown keys: {', '.join(unknown)}", ExitCode.USAGE
@@ -63,9 +124,14 @@ def _checked(values: dict[str, Any], source: str) -> dict[str, Any]:
     """The file's values with their types and ranges checked: a bad one is a usage error that
     names the key, not a job record with a string where a count belongs."""
     problems = []
-    for key in ("home", "backend", "method", "device"):
+    for key in ("backend", "method", "device"):
         if key in values and not isinstance(values[key], str):
             problems.append(f"{key} must be a string")
+    for section in SECTIONS:
+        for key, value in values.get(section, {}).items():
+            if not isinstance(value, str):
+                name = "home" if (section, key) == ("local", "home") else f"{section}.{key}"
+                problems.append(f"{name} must be a string")
     for key, kind, least in (("lease_seconds", float, 1.0), ("max_attempts", int, 1)):
         if key not in values:
             continue
@@ -79,16 +145,41 @@ def _checked(values: dict[str, Any], source: str) -> dict[str, Any]:
     return values
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Merge flag/env values (None = not given) over the config file over the defaults."""
+def _section_environment() -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    for (section, key), variable in SECTION_ENVIRONMENT.items():
+        value = os.environ.get(variable)
+        if value:
+            found.setdefault(section, {})[key] = value
+    return found
+
+
+def load_settings(
+    *, local: dict[str, Any] | None = None, aws: dict[str, Any] | None = None, **overrides: Any
+) -> Settings:
+    """Merge flags (`overrides`; `home=` for the local section; None = not given) over the
+    MRICTL_* variables of the backend sections over the config file over the defaults."""
     path = config_path()
     values: dict[str, Any] = _checked(dict(read_config_file(path)), f"config file {path.name}")
+    home = overrides.pop("home", None)
+    sections = {name: dict(values.pop(name, {})) for name in SECTIONS}
+    for name, given in _section_environment().items():
+        sections[name].update(given)
+    for name, given in (("local", local), ("aws", aws), ("local", {"home": home})):
+        sections[name].update({key: value for key, value in (given or {}).items() if value})
     values.update({key: value for key, value in overrides.items() if value is not None})
-    values["home"] = Path(values.get("home") or default_home()).expanduser()
-    settings = Settings(**values)
+    sections["local"]["home"] = Path(sections["local"].get("home") or default_home()).expanduser()
+    settings = Settings(
+        local=LocalSettings(**sections["local"]), aws=AwsSettings(**sections["aws"]), **values
+    )
     if settings.backend not in BACKENDS:
         raise MrictlError(
             f"unknown backend {settings.backend!r}; choose one of {', '.join(BACKENDS)}",
             ExitCode.USAGE,
         )
     return settings
+
+
+def with_home(settings: Settings, home: Path) -> Settings:
+    """The same settings on another local home (the demo's own folder)."""
+    return replace(settings, local=LocalSettings(home))

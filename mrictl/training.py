@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mrictl.reconstruction import check_method_and_device, prepare_scan, training_config
+from mrictl.recon_service import check_method_and_device, prepare_scan, training_config
 from raki.io import read_scan
-from raki.recon import ProgressCallback
+from raki.methods import ProgressCallback
 from raki.train import NEURAL_METHODS, train_scan
 
 

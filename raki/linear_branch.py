@@ -11,7 +11,7 @@ Measured (docs/benchmarks.md, `scripts/bench/linear_start.py`): started from a r
 fit over all three lines, the branch alone was 1.1-6.6x GRAPPA's image NMSE before training,
 and the default method lost to GRAPPA by 2-117% on five of the quality grid's 19 cases. This
 start is 1.00-1.43x GRAPPA alone, 0.99-1.05x with GRAPPA's prediction at the k-space edges
-(`raki.recon.blind_spots`), and the default lost on one of the 19 (on none since
+(`raki.methods.blind_spots`), and the default lost on one of the 19 (on none since
 `linear_rate_scale`).
 """
 

@@ -18,7 +18,7 @@ Residual RAKI (Zhang et al., NeuroImage 2022) adds a linear kernel over the same
 it starts at a complex, GRAPPA-damped least-squares solution (`raki.linear_branch`) and is
 trained jointly with the CNN
 on the loss  ||total error|| + linear_weight ||linear error||. rRAKI weights also hold our GRAPPA
-kernel (`raki.grappa.fit_grappa`), whose prediction `raki.recon` averages with the networks'.
+kernel (`raki.grappa.fit_grappa`), whose prediction `raki.methods` averages with the networks'.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class TrainingConfig:
     linear_rate_scale: float | None = None
     # rRAKI: share of our GRAPPA (raki.grappa, its own kernel and lambda) in the output; the
     # rest is the rRAKI networks' prediction. With 0.5 the default beats GRAPPA on 18 of the
-    # 19 quality-grid cases (see `raki.recon`).
+    # 19 quality-grid cases (see `raki.methods`).
     grappa_share: float = 0.5
     # SVD coil compression before training (raki.coils): the fraction of the ACS energy the
     # virtual coils keep; None trains on the physical coils, as the paper does.

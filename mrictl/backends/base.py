@@ -1,14 +1,23 @@
-"""The backend interface: an object store with checksums and a job queue with leases.
+"""The backend contract: an object store with checksums and a job queue with fenced leases.
 
-Cloud-shaped so that the local backend (folder + SQLite) and a later AWS backend (S3, SQS,
-DynamoDB/Batch) are interchangeable: objects are addressed by opaque, content-derived keys that
-never carry patient data; a claimed job holds a lease (like an SQS visibility timeout) that the
-worker extends by heartbeats; delivery is at-least-once, so every stage must be idempotent.
+Every backend (the embedded `local` one: a folder and SQLite; `aws`: S3, DynamoDB, SQS, Batch)
+implements these protocols, and nothing outside a backend's package knows which one runs. The
+contract in words, with the job flow, is in docs/architecture.md; tests/mrictl/backends/
+test_contract.py holds every backend to it.
+
+- Objects are addressed by keys from `mrictl.keys` (no patient data can reach one), written
+  whole or not at all, with a SHA-256 recorded at put and verified on every read.
+- Jobs are pulled by stage (a worker loop) or pushed by id (a Batch container started with its
+  job id). A claim holds a lease: a deadline plus a token. The job record is the fence: a
+  heartbeat, completion, failure or output write must present the current token, so a worker
+  whose lease was taken over can do none of them. Delivery is at-least-once; stages are
+  idempotent and publish their outputs last.
 """
 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -17,17 +26,19 @@ from typing import Any, Protocol, runtime_checkable
 
 from mrictl.errors import ExitCode, MrictlError
 
-STAGES = ("preprocess", "recon")
 DEFAULT_MAX_ATTEMPTS = 3
-
-# Key areas of the object store (the first component of every key).
-UPLOADS = "uploads"
-PREPROCESSED = "preprocessed"
-RECONSTRUCTED = "reconstructed"
-AREAS = (UPLOADS, PREPROCESSED, RECONSTRUCTED)
 
 _KEY_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _KEY = re.compile(rf"^{_KEY_PART}(/{_KEY_PART})*$")
+# Object metadata: short lower-case names and printable values (S3 sends them as headers).
+_META_NAME = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+_META_VALUE = re.compile(r"^[ -~]{0,256}$")
+MAX_METADATA = 16
+
+
+def new_job_id() -> str:
+    """`job-` + 16 hex digits: random, so it says nothing about the scan or the patient."""
+    return f"job-{uuid.uuid4().hex[:16]}"
 
 
 class JobState(StrEnum):
@@ -71,8 +82,15 @@ class JobCancelledError(LeaseLostError):
     """The job was cancelled while a worker held it; the worker must stop and publish nothing."""
 
 
-class ChecksumMismatchError(BackendError):
-    """A stored object's bytes no longer match the SHA-256 recorded when it was put."""
+class ChecksumMismatchError(MrictlError):
+    """A stored object's bytes no longer match the SHA-256 recorded when it was put.
+
+    Permanent for the job that read it (reading again gives the same bytes); uploading the scan
+    again replaces the object.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.BACKEND)
 
 
 def validate_key(key: str) -> str:
@@ -82,13 +100,28 @@ def validate_key(key: str) -> str:
     return key
 
 
+def validate_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
+    """Object metadata the code chose (format, scan id, tool version): never free text from a
+    file, since S3 shows it to anyone who may list the bucket."""
+    clean = dict(metadata or {})
+    if len(clean) > MAX_METADATA:
+        raise ValueError(f"more than {MAX_METADATA} metadata entries")
+    for name, value in clean.items():
+        if not isinstance(name, str) or not _META_NAME.fullmatch(name):
+            raise ValueError(f"invalid metadata name {name!r}")
+        if not isinstance(value, str) or not _META_VALUE.fullmatch(value):
+            raise ValueError(f"invalid metadata value for {name!r}")
+    return clean
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
-    """A stored object: its key, size in bytes and SHA-256 (hex)."""
+    """A stored object: its key, size in bytes, SHA-256 (hex) and metadata."""
 
     key: str
     size: int
     sha256: str
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -140,12 +173,24 @@ class LogEntry:
 class ObjectStore(Protocol):
     """Whole-object storage addressed by keys; an object appears complete or not at all."""
 
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
-        """Store the file's bytes under `key` atomically, recording their SHA-256."""
+    def put_file(
+        self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        """Store the file's bytes under `key` atomically, recording their SHA-256 and metadata
+        (`validate_metadata`); a put replaces what was there."""
         ...
 
     def get_file(self, key: str, dest: Path) -> ObjectInfo:
-        """Copy the object to `dest` atomically, verifying its SHA-256; NotFoundError if absent."""
+        """Copy the object to `dest` atomically, verifying its SHA-256; NotFoundError if absent,
+        ChecksumMismatchError (and no `dest`) if the bytes do not match."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo:
+        """Size, recorded SHA-256 and metadata without reading the bytes; NotFoundError."""
+        ...
+
+    def verify(self, key: str) -> bool:
+        """Whether the stored bytes still match their recorded SHA-256 (reads them all)."""
         ...
 
     def exists(self, key: str) -> bool: ...
@@ -158,14 +203,10 @@ class ObjectStore(Protocol):
         """Remove the object; deleting an absent key is not an error (S3 semantics)."""
         ...
 
-    def sha256(self, key: str) -> str:
-        """The recorded SHA-256 (hex) of the object; NotFoundError if absent."""
-        ...
-
 
 @runtime_checkable
 class JobQueue(Protocol):
-    """Jobs per stage with leases, retries, a dead-letter state, records and per-job logs."""
+    """Job records with fenced leases, retries, a dead-letter state, children and per-job logs."""
 
     def enqueue(
         self,
@@ -176,19 +217,28 @@ class JobQueue(Protocol):
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
     ) -> str:
-        """Queue a job and return its id; an `idempotency_key` seen before returns that job's id."""
+        """Queue a job and return its id; an `idempotency_key` seen before returns that job's id
+        (the same key twice is one job, whoever sends it: the CLI, an S3 event, a retry)."""
         ...
 
     def claim(self, stage: str, worker_id: str, lease_seconds: float) -> Job | None:
-        """Take the oldest available job of `stage`, leased to `worker_id`; None if there is none.
+        """Pull: take the oldest available job of `stage`, leased to `worker_id`; None if none.
 
         A running job whose lease expired is available again (its worker is presumed dead), or
         dead-lettered if it has used all its attempts.
         """
         ...
 
+    def claim_job(self, job_id: str, worker_id: str, lease_seconds: float) -> Job:
+        """Push: take this one job (a container started with its id). Queued, or running with
+        an expired lease: leased to `worker_id`. Running under a live lease, or final:
+        ConflictError; an expired lease on the last attempt: dead-lettered, then ConflictError.
+        """
+        ...
+
     def heartbeat(self, job: Job, lease_seconds: float) -> Job:
-        """Extend the lease; LeaseLostError if lost, JobCancelledError if cancelled."""
+        """Extend the lease; LeaseLostError if lost, JobCancelledError if cancelled. Also the
+        fence a worker checks before it writes an output."""
         ...
 
     def complete(self, job: Job, result: Mapping[str, Any]) -> None:
@@ -196,11 +246,13 @@ class JobQueue(Protocol):
         ...
 
     def fail(self, job: Job, reason: str, *, retryable: bool = True) -> JobState:
-        """Record a failed attempt: QUEUED again, or FAILED (dead-letter, reason kept)."""
+        """Record a failed attempt: QUEUED again (retryable, attempts left), or FAILED (the
+        dead-letter state: permanent, or attempts used up; the reason kept). Fenced."""
         ...
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a queued or running job; ConflictError if it already finished."""
+        """Cancel a queued or running job; ConflictError if it already finished. The worker
+        holding it learns at its next heartbeat and publishes nothing more."""
         ...
 
     def retry(self, job_id: str) -> Job:
@@ -208,6 +260,10 @@ class JobQueue(Protocol):
         ...
 
     def get(self, job_id: str) -> Job: ...
+
+    def children(self, job_id: str) -> list[Job]:
+        """Jobs queued with `parent_id=job_id`, oldest first (an index, not a scan of all)."""
+        ...
 
     def list(self, *, state: JobState | str | None = None, stage: str | None = None) -> list[Job]:
         """Jobs, oldest first, optionally filtered."""
@@ -220,6 +276,18 @@ class JobQueue(Protocol):
     def claims(self, job_id: str | None = None) -> list[Claim]: ...
 
 
+class WorkerProcesses(Protocol):
+    """Worker processes a backend started on this machine."""
+
+    def stop(self) -> None:
+        """Ask each to finish the job in hand and exit (SIGTERM)."""
+        ...
+
+    def wait(self) -> int | None:
+        """Wait for all to exit; the jobs they finished (None if none could say)."""
+        ...
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Where scans, outputs and jobs live; `scratch_dir` is this machine's per-job work area."""
@@ -228,3 +296,8 @@ class Backend(Protocol):
     store: ObjectStore
     queue: JobQueue
     scratch_dir: Path
+
+    def start_worker_processes(self, count: int, arguments: list[str]) -> WorkerProcesses:
+        """Start `count` processes running `mrictl worker run ARGUMENTS --json` on this backend
+        (the local backend's way to use several cores; in the cloud, ECS and Batch start them)."""
+        ...

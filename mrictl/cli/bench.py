@@ -38,7 +38,7 @@ def bench(
 ) -> None:
     """Time a standard phantom study: seconds per slice, slices per hour, cost per scan."""
     from mrictl.bench import BenchSettings, run_bench
-    from raki.recon import DEFAULT_METHOD
+    from raki.methods import DEFAULT_METHOD
 
     output = Output(json)
     settings = BenchSettings(

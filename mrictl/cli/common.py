@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from mrictl.errors import ExitCode, MrictlError
+
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout (human text on stderr).")
 ]
@@ -31,3 +33,29 @@ DeviceOption = Annotated[
     str | None,
     typer.Option("--device", envvar="MRICTL_DEVICE", help="auto, cpu or cuda."),
 ]
+
+
+def open_configured_backend(home: Path | None, backend: str | None):
+    """The backend that flags, environment and config file name (mrictl.backends.open_backend)."""
+    from mrictl.backends import open_backend
+    from mrictl.config import load_settings
+
+    return open_backend(load_settings(home=home, backend=backend))
+
+
+WaitOption = Annotated[bool, typer.Option("--wait", help="Wait until the job is finished.")]
+TimeoutOption = Annotated[
+    float | None, typer.Option("--timeout", min=0.0, help="Give up waiting after this many s.")
+]
+
+
+def check_timeout_needs_wait(wait: bool, timeout: float | None) -> None:
+    """--timeout bounds --wait; alone it would be ignored, so a script's intent would be lost."""
+    if timeout is not None and not wait:
+        raise MrictlError("--timeout bounds --wait: give both, or neither", ExitCode.USAGE)
+
+
+def exit_for_record(record: dict) -> None:
+    """A finished job that did not succeed gives the JOB_FAILED exit code."""
+    if record["state"] != "succeeded":
+        raise typer.Exit(int(ExitCode.JOB_FAILED))

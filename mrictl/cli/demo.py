@@ -48,12 +48,12 @@ def demo(
     json: JsonFlag = False,
 ) -> None:
     """Run the whole local pipeline on a simulated (or given) scan and print the quality."""
-    from mrictl.cli.jobs import backend_for
+    from mrictl.cli.common import open_configured_backend
     from mrictl.demo import run_demo
 
     output = Output(json)
     document = run_demo(
-        backend_for(home, backend),
+        open_configured_backend(home, backend),
         out,
         input_path=input_path,
         method=method or load_settings().method,

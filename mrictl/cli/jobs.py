@@ -10,7 +10,17 @@ from typing import Annotated
 import typer
 from rich.live import Live
 
-from mrictl.cli.common import BackendOption, DeviceOption, HomeOption, JsonFlag
+from mrictl.cli.common import (
+    BackendOption,
+    DeviceOption,
+    HomeOption,
+    JsonFlag,
+    TimeoutOption,
+    WaitOption,
+    check_timeout_needs_wait,
+    exit_for_record,
+    open_configured_backend,
+)
 from mrictl.cli.recon import AccelOption, AcsOption, IterationsOption, MethodOption
 from mrictl.cli.recon import app as recon_app
 from mrictl.config import load_settings
@@ -18,34 +28,12 @@ from mrictl.errors import ExitCode, MrictlError
 from mrictl.output import Output, key_value_table, records_table
 
 STATUS_COLUMNS = ["job_id", "stage", "state", "method", "attempts", "updated_at", "error"]
-WaitOption = Annotated[bool, typer.Option("--wait", help="Wait until the job is finished.")]
-TimeoutOption = Annotated[
-    float | None, typer.Option("--timeout", min=0.0, help="Give up waiting after this many s.")
-]
-
-
-def backend_for(home: Path | None, backend: str | None):
-    from mrictl.backends import open_backend
-
-    return open_backend(load_settings(home=home, backend=backend))
 
 
 def recon_options(
     accel: int | None, acs: int | None, device: str | None, iterations: int | None
 ) -> dict:
     return {"acceleration": accel, "acs_lines": acs, "device": device, "iterations": iterations}
-
-
-def check_timeout_needs_wait(wait: bool, timeout: float | None) -> None:
-    """--timeout bounds --wait; alone it would be ignored, so a script's intent would be lost."""
-    if timeout is not None and not wait:
-        raise MrictlError("--timeout bounds --wait: give both, or neither", ExitCode.USAGE)
-
-
-def exit_for_record(record: dict) -> None:
-    """A finished job that did not succeed gives the JOB_FAILED exit code."""
-    if record["state"] != "succeeded":
-        raise typer.Exit(int(ExitCode.JOB_FAILED))
 
 
 def upload(
@@ -63,7 +51,7 @@ def upload(
     json: JsonFlag = False,
 ) -> None:
     """Package a scan (tar + manifest + checksums) and send it to the store or a share."""
-    from mrictl.pipeline.packaging import upload as upload_scan
+    from mrictl.pipeline.upload import upload as upload_scan
 
     output = Output(json)
     if to is not None and not to.is_dir():
@@ -77,7 +65,7 @@ def upload(
         )
     with output.progress("upload", total=None) as update:
         result = upload_scan(
-            backend_for(home, backend),
+            open_configured_backend(home, backend),
             paths,
             to_dir=to,
             method=method or load_settings().method,
@@ -108,6 +96,10 @@ def submit(
     acs: AcsOption = None,
     device: DeviceOption = None,
     iterations: IterationsOption = None,
+    weights: Annotated[
+        str | None,
+        typer.Option("--weights", help="Apply the weights of a train job (its id)."),
+    ] = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
     home: HomeOption = None,
@@ -119,13 +111,14 @@ def submit(
 
     check_timeout_needs_wait(wait, timeout)
     output = Output(json)
-    store = backend_for(home, backend)
+    store = open_configured_backend(home, backend)
     settings = load_settings()
+    options = recon_options(accel, acs, device or settings.device, iterations)
     record = jobs.submit(
         store,
         source,
-        method or settings.method,
-        recon_options(accel, acs, device or settings.device, iterations),
+        method or (None if weights else settings.method),
+        {**options, "weights_job": weights},
     )
     if wait:
         output.info(f"submitted {record['job_id']}; waiting")
@@ -146,7 +139,7 @@ def status(
     """Job records (schema: docs/jobs-schema.md)."""
     from mrictl.pipeline import jobs
 
-    records = jobs.status(backend_for(home, backend), job, state=state)
+    records = jobs.status(open_configured_backend(home, backend), job, state=state)
     Output(json).result(
         {"jobs": records}, lambda c: c.print(records_table(records, STATUS_COLUMNS))
     )
@@ -165,7 +158,7 @@ def watch(
     from mrictl.pipeline import jobs
 
     output = Output(json)
-    store = backend_for(home, backend)
+    store = open_configured_backend(home, backend)
     deadline = None if timeout is None else time.monotonic() + timeout
 
     def busy(records: list[dict]) -> int:
@@ -200,7 +193,7 @@ def logs(
     """The log lines of a job and of the jobs it led to."""
     from mrictl.pipeline import jobs
 
-    entries = jobs.logs(backend_for(home, backend), job)
+    entries = jobs.logs(open_configured_backend(home, backend), job)
 
     def render(console) -> None:
         for entry in entries:
@@ -222,7 +215,7 @@ def cancel(
 
     output = Output(json)
     confirm_or_refuse(output, yes, f"cancel {job}?")
-    record = jobs.cancel(backend_for(home, backend), job)
+    record = jobs.cancel(open_configured_backend(home, backend), job)
     output.result(record, lambda c: c.print(key_value_table(record, title="cancelled")))
 
 
@@ -236,7 +229,7 @@ def retry(
     """Queue a failed or cancelled job again with a fresh set of attempts."""
     from mrictl.pipeline import jobs
 
-    record = jobs.retry(backend_for(home, backend), job)
+    record = jobs.retry(open_configured_backend(home, backend), job)
     Output(json).result(record, lambda c: c.print(key_value_table(record, title="queued again")))
 
 
@@ -267,7 +260,7 @@ def fetch(
     from mrictl.pipeline import jobs
 
     check_timeout_needs_wait(wait, timeout)
-    store = backend_for(home, backend)
+    store = open_configured_backend(home, backend)
     if wait:
         jobs.wait(store, job, timeout)
     selected = [name.strip() for name in formats.split(",") if name.strip()] if formats else None

@@ -66,8 +66,8 @@ def run(
     training: dict[str, Any] | None = None,
 ) -> None:
     """Reconstruct one scan file now, on this machine."""
-    from mrictl.reconstruction import ReconOptions, reconstruct_file
-    from raki.recon import DEFAULT_METHOD
+    from mrictl.recon_service import ReconOptions, reconstruct_file
+    from raki.methods import DEFAULT_METHOD
 
     check_output(out, (source, reference, weights))
     check_hdf5_output(out)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-import tempfile
 import threading
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mrictl.cli.common import BackendOption, HomeOption, JsonFlag
+from mrictl.cli.common import BackendOption, HomeOption, JsonFlag, open_configured_backend
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.output import Output
 
@@ -21,49 +18,69 @@ app = typer.Typer(help="Run pipeline workers.", no_args_is_help=True)
 def run(
     once: Annotated[bool, typer.Option("--once", help="Stop when the queue is empty.")] = False,
     stage: Annotated[
-        list[str] | None, typer.Option("--stage", help="preprocess and/or recon (default both).")
+        list[str] | None,
+        typer.Option("--stage", help="preprocess, recon and/or train (default: all)."),
+    ] = None,
+    job: Annotated[
+        str | None,
+        typer.Option("--job", help="Run exactly this job, then exit (as a Batch container)."),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
     lease_seconds: Annotated[
         float | None, typer.Option("--lease-seconds", min=1.0, help="Job lease (s).")
     ] = None,
+    poll_interval: Annotated[
+        float, typer.Option("--poll-interval", min=0.05, help="Seconds between empty polls.")
+    ] = 1.0,
     home: HomeOption = None,
     backend: BackendOption = None,
     json: JsonFlag = False,
 ) -> None:
-    """Claim and run jobs until stopped (Ctrl-C or SIGTERM finishes the job in hand)."""
-    from mrictl.backends.base import STAGES
-    from mrictl.cli.jobs import backend_for
-    from mrictl.config import load_settings
-    from mrictl.worker import reported_jobs, run_worker, spawn_workers, stop_on_signals
+    """Claim and run jobs until stopped (Ctrl-C or SIGTERM finishes the job in hand).
 
-    stages = tuple(stage) if stage else STAGES
-    unknown = [name for name in stages if name not in STAGES]
-    if unknown:
+    With --job, exit 0 when the job succeeded, 5 when it failed or was cancelled, 6 when it
+    was not claimable (running elsewhere, or already finished).
+    """
+    from mrictl.config import load_settings
+    from mrictl.pipeline.stages import STAGE_NAMES, stage_named
+    from mrictl.worker import run_job, run_worker, stop_on_signals
+
+    stages = tuple(stage) if stage else STAGE_NAMES
+    for name in stages:
+        stage_named(name)
+    if job is not None and (stage or workers != 1 or once):
         raise MrictlError(
-            f"unknown stage {unknown[0]!r}; choose from {', '.join(STAGES)}", ExitCode.USAGE
+            "--job runs one job: leave out --stage, --workers and --once", ExitCode.USAGE
         )
-    store = backend_for(home, backend)
+    store = open_configured_backend(home, backend)
     lease = lease_seconds if lease_seconds is not None else load_settings().lease_seconds
+    output = Output(json)
+    if job is not None:
+        from mrictl.pipeline.jobs import job_record
+
+        record = job_record(run_job(store, job, lease_seconds=lease))
+        output.result(record, f"{record['job_id']} {record['state']}")
+        if record["state"] != "succeeded":
+            raise typer.Exit(int(ExitCode.JOB_FAILED))
+        return
     stop = threading.Event()
     if workers == 1:
         with stop_on_signals(stop):
-            done = run_worker(store, stages=stages, once=once, lease_seconds=lease, stop_event=stop)
-    else:
-        with tempfile.TemporaryDirectory(prefix="workers-", dir=store.scratch_dir) as reports:
-            processes = spawn_workers(
-                workers, store.home, stages=stages, once=once, report_dir=Path(reports),
+            done = run_worker(
+                store,
+                stages=stages,
+                once=once,
                 lease_seconds=lease,
-            )  # fmt: skip
-
-            def stop_children() -> None:  # each finishes the job in hand, then exits
-                for process in processes:
-                    if process.poll() is None:
-                        process.send_signal(signal.SIGTERM)
-
-            with stop_on_signals(stop, on_stop=stop_children):
-                for process in processes:
-                    process.wait()
-            done = reported_jobs(Path(reports))
+                stop_event=stop,
+                poll_interval=poll_interval,
+            )
+    else:
+        arguments = [f"--stage={name}" for name in stages] + [f"--lease-seconds={lease}"]
+        arguments += [f"--poll-interval={poll_interval}"]
+        arguments += ["--once"] if once else []
+        processes = store.start_worker_processes(workers, arguments)
+        # Each child finishes the job in hand, then exits.
+        with stop_on_signals(stop, on_stop=processes.stop):
+            done = processes.wait()
     document = {"jobs_done": done, "workers": workers, "stages": list(stages)}
-    Output(json).result(document, f"worker stopped ({done if done is not None else '?'} jobs)")
+    output.result(document, f"worker stopped ({done if done is not None else '?'} jobs)")

@@ -1,9 +1,10 @@
-"""Job service functions behind `mrictl submit/status/cancel/retry/logs/wait/fetch`.
+"""Job service functions behind `mrictl recon submit/status/cancel/retry/logs/watch`,
+`mrictl train --submit` and `mrictl fetch`.
 
-A submission is a chain of stage jobs: preprocess (unpack, verify, convert) then recon. Each
-stage job has its own record; a preprocess record names its recon job in `next_job_id`, and
-`wait`, `cancel`, `retry` and `fetch` follow that chain, so the id `submit` returns is all a user
-needs. Records are plain dicts with the stable schema of docs/jobs-schema.md.
+A submission is a chain of stage jobs: preprocess (unpack, verify, convert) then recon or train.
+Each stage job has its own record; a preprocess record names its successor in `next_job_id`,
+and `wait`, `cancel`, `retry` and `fetch` follow that chain, so the id `submit` returns is all a
+user needs. Records are plain dicts with the stable schema of docs/jobs-schema.md.
 """
 
 from __future__ import annotations
@@ -19,16 +20,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from mrictl.backends.base import (
-    PREPROCESSED,
-    RECONSTRUCTED,
-    Backend,
-    ConflictError,
-    Job,
-    JobState,
-    NotFoundError,
-)
+from mrictl import keys
+from mrictl.backends.base import Backend, ConflictError, Job, JobState, NotFoundError
 from mrictl.errors import ExitCode, MrictlError
+from mrictl.pipeline.requests import recon_request, train_request
+from mrictl.pipeline.stages import FETCHABLE, STAGES
 
 RECORD_FIELDS = (
     "job_id",
@@ -52,18 +48,8 @@ RECORD_FIELDS = (
     "fallback",
 )
 
-# Options a recon job accepts, with their types; anything else is refused at submit.
-RECON_OPTIONS: dict[str, type] = {
-    "acceleration": int,
-    "acs_lines": int,
-    "device": str,
-    "iterations": int,
-    "compare": list,  # methods scored beside the main one when a reference is known
-    "training": dict,  # TrainingConfig fields to change (mrictl.reconstruction.training_config)
-}
-
 # fetch --format NAME -> which output files it selects (by file name under the job's folder).
-OUTPUT_FORMATS = ("h5", "json", "dicom", "nifti", "png", "report")
+OUTPUT_FORMATS = ("h5", "json", "dicom", "nifti", "png", "report", "weights")
 
 
 def iso_utc(seconds: float | None) -> str | None:
@@ -100,82 +86,32 @@ def job_record(job: Job) -> dict[str, Any]:
     }
 
 
-def preprocessed_key(scan_id: str) -> str:
-    return f"{PREPROCESSED}/{scan_id}.h5"
-
-
-def output_prefix(job_id: str) -> str:
-    return f"{RECONSTRUCTED}/{job_id}/"
-
-
-def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Check a method and its options before anything is queued; returns the payload part."""
-    from raki.recon import DEFAULT_METHOD, METHODS
-
-    if (method or DEFAULT_METHOD) not in METHODS:
-        raise MrictlError(
-            f"unknown method {method!r}; choose one of {', '.join(METHODS)}", ExitCode.USAGE
-        )
-    clean: dict[str, Any] = {}
-    for name, value in (options or {}).items():
-        if value is None:
-            continue
-        kind = RECON_OPTIONS.get(name)
-        if kind is None:
-            raise MrictlError(
-                f"unknown option {name!r}; known: {', '.join(RECON_OPTIONS)}", ExitCode.USAGE
-            )
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise MrictlError(f"option {name!r} must be a {kind.__name__}", ExitCode.USAGE)
-        if kind is list:
-            unknown = [m for m in value if m not in METHODS]
-            if unknown:
-                raise MrictlError(
-                    f"cannot compare with unknown method {unknown[0]!r}", ExitCode.USAGE
-                )
-            clean[name] = list(value)
-            continue
-        if kind is dict:
-            from mrictl.reconstruction import training_config
-
-            training_config(value)  # unknown fields are refused now, not at the worker
-            clean[name] = dict(value)
-            continue
-        if name == "device":
-            from mrictl.reconstruction import check_method_and_device
-
-            check_method_and_device(None, value)  # a typo fails now, not after a queue wait
-        if kind is int and value < (0 if name == "acs_lines" else 1):
-            raise MrictlError(f"option {name!r} is out of range: {value}", ExitCode.USAGE)
-        clean[name] = value
-    request: dict[str, Any] = {"method": method or DEFAULT_METHOD, "options": clean}
-    if method is None:
-        # Not chosen: the worker may fall back from the default (raki.recon.default_method_for).
-        request["default_method"] = True
-    return request
-
-
-def enqueue_preprocess(
+def _stored_scan_id(
     backend: Backend,
-    scan_id: str,
-    *,
-    method: str | None = None,
-    options: Mapping[str, Any] | None = None,
+    source: str | Path | Sequence[Path],
+    axis_order: str | None,
+    variable: str | None,
 ) -> str:
-    """Queue the preprocess of an uploaded scan, carrying the recon request on to its recon job."""
-    return backend.queue.enqueue(
-        "preprocess", {"scan_id": scan_id, **recon_request(method, options)}
-    )
+    """The scan id of `source`: an uploaded scan's id as given, or files packaged and stored
+    now (a no-op for a scan already there)."""
+    from mrictl.pipeline.upload import store_scan
+
+    if isinstance(source, str) and keys.is_scan_id(source) and not Path(source).exists():
+        if not backend.store.exists(keys.upload(source)):
+            raise NotFoundError(f"{source}: no such uploaded scan")
+        return source
+    paths = [Path(source)] if isinstance(source, str | Path) else [Path(p) for p in source]
+    scan_id, _ = store_scan(backend, paths, axis_order=axis_order, variable=variable)
+    return scan_id
 
 
-def enqueue_recon(
-    backend: Backend,
-    scan_id: str,
-    *,
-    method: str | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> str:
-    return backend.queue.enqueue("recon", {"scan_id": scan_id, **recon_request(method, options)})
+def _enqueue_chain(backend: Backend, scan_id: str, stage: str, request: dict[str, Any]) -> str:
+    """A preprocess job that queues `stage` next, or `stage` at once for a preprocessed scan."""
+    from mrictl.pipeline.requests import enqueue_preprocess
+
+    if backend.store.exists(keys.preprocessed(scan_id)):
+        return backend.queue.enqueue(stage, {"scan_id": scan_id, **request})
+    return enqueue_preprocess(backend, scan_id, request, next_stage=stage)
 
 
 def submit(
@@ -190,21 +126,51 @@ def submit(
     """Reconstruct a scan given as file(s) or as the id of an uploaded scan; returns the first job.
 
     Files are packaged and stored (a no-op for a scan already there). A scan that was already
-    preprocessed goes straight to a recon job; otherwise a preprocess job runs first.
+    preprocessed goes straight to a recon job; otherwise a preprocess job runs first. Weights
+    named by a train job's id (`options["weights_job"]`) must be stored already.
     """
-    from mrictl.pipeline.packaging import is_scan_id, store_scan, upload_key
-
     request = recon_request(method, options)
-    if isinstance(source, str) and is_scan_id(source) and not Path(source).exists():
-        scan_id = source
-        if not backend.store.exists(upload_key(scan_id)):
-            raise NotFoundError(f"{scan_id}: no such uploaded scan")
-    else:
-        paths = [Path(source)] if isinstance(source, str | Path) else [Path(p) for p in source]
-        scan_id, _ = store_scan(backend, paths, axis_order=axis_order, variable=variable)
-    stage = "recon" if backend.store.exists(preprocessed_key(scan_id)) else "preprocess"
-    job_id = backend.queue.enqueue(stage, {"scan_id": scan_id, **request})
+    weights_job = request["options"].get("weights_job")
+    if weights_job is not None:
+        trained = _check_weights_job(backend, weights_job)
+        request["options"]["weights_job"] = trained.job_id
+        request["method"] = method or trained.payload.get("method")
+    scan_id = _stored_scan_id(backend, source, axis_order, variable)
+    job_id = _enqueue_chain(backend, scan_id, "recon", request)
     return job_record(backend.queue.get(job_id))
+
+
+def submit_training(
+    backend: Backend,
+    source: str | Path | Sequence[Path],
+    method: str,
+    options: Mapping[str, Any] | None = None,
+    *,
+    axis_order: str | None = None,
+    variable: str | None = None,
+) -> dict[str, Any]:
+    """Queue the training of a scan's networks; the weights land in the store (`fetch` gets
+    them, `submit(..., options={"weights_job": JOB})` applies them)."""
+    request = train_request(method, options)
+    scan_id = _stored_scan_id(backend, source, axis_order, variable)
+    job_id = _enqueue_chain(backend, scan_id, "train", request)
+    return job_record(backend.queue.get(job_id))
+
+
+def _check_weights_job(backend: Backend, job_id: str) -> Job:
+    """The train job that ends the chain of `job_id`, which must have succeeded (its weights
+    stored)."""
+    job = final_job(backend, job_id)
+    if job.stage != "train" and job.state is JobState.SUCCEEDED:
+        raise MrictlError(f"{job_id} is a {job.stage} job, not a train job", ExitCode.USAGE)
+    if job.state is not JobState.SUCCEEDED:
+        raise ConflictError(
+            f"{job.job_id} is {job.state.value} ({job.stage}): its weights are not stored yet "
+            "(wait for it: `mrictl recon status`)"
+        )
+    if not backend.store.exists(keys.weights(job.job_id)):
+        raise NotFoundError(f"{job.job_id}: its weights are no longer in the store")
+    return job
 
 
 def get_record(backend: Backend, job_id: str) -> dict[str, Any]:
@@ -242,11 +208,10 @@ def cancel(backend: Backend, job_id: str) -> dict[str, Any]:
     """
     job = final_job(backend, job_id)
     cancelled = backend.queue.cancel(job.job_id)
-    for state in (JobState.QUEUED, JobState.RUNNING):
-        for child in backend.queue.list(state=state):
-            if child.parent_id == cancelled.job_id:
-                with contextlib.suppress(ConflictError):  # it finished meanwhile
-                    backend.queue.cancel(child.job_id)
+    for child in backend.queue.children(cancelled.job_id):
+        if not child.state.is_final:
+            with contextlib.suppress(ConflictError):  # it finished meanwhile
+                backend.queue.cancel(child.job_id)
     return job_record(cancelled)
 
 
@@ -297,6 +262,8 @@ def wait(
 
 def output_format(name: str) -> str | None:
     """Which fetch format an output file belongs to (by its name under the job's folder)."""
+    if name == keys.WEIGHTS_NAME:
+        return "weights"
     if name.startswith("dicom/"):
         return "dicom"
     if name == "result.json":
@@ -318,7 +285,8 @@ def fetch(
     out_dir: Path,
     formats: Sequence[str] | None = None,
 ) -> list[Path]:
-    """Copy a finished job's outputs into `out_dir`, checksums verified, all or nothing.
+    """Copy a finished recon or train job's outputs into `out_dir`, checksums verified, all or
+    nothing.
 
     The files are gathered in a staging folder beside `out_dir` and moved in only when every
     one arrived whole, so a failure leaves `out_dir` as it was. Fetching the same job again
@@ -336,10 +304,10 @@ def fetch(
     job = final_job(backend, job_id)
     if job.state is JobState.FAILED or job.state is JobState.CANCELLED:
         raise MrictlError(f"{job.job_id} {job.state.value}: no outputs", ExitCode.JOB_FAILED)
-    if job.state is not JobState.SUCCEEDED or job.stage != "recon":
+    if job.state is not JobState.SUCCEEDED or job.stage not in FETCHABLE:
         raise ConflictError(f"{job.job_id} is {job.state.value} ({job.stage}): no outputs yet")
     _check_not_another_jobs(out_dir, job.job_id)
-    prefix = output_prefix(job.job_id)
+    prefix = STAGES[job.stage].outputs_prefix(job.job_id)
     names = [
         key.removeprefix(prefix)
         for key in job.result.get("outputs") or []

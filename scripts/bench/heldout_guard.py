@@ -34,7 +34,7 @@ from raki.grappa import reconstruct_grappa
 from raki.io import read_scan
 from raki.metrics import nmse
 from raki.phantom import simulate_scan
-from raki.recon import apply_weights
+from raki.methods import apply_weights
 from raki.runtime import tune_process
 from raki.scan import Scan
 from raki.train import TrainingConfig, _start_networks, train_scan

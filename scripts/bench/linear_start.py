@@ -13,7 +13,7 @@ against the fully sampled one, as NMSE over our GRAPPA's NMSE:
 - "complex, 2 lines": `raki.linear_branch.fit_linear_kernel`, GRAPPA's complex kernel over the
   two lines around the gap, damped with `raki.grappa.automatic_lambda`;
 - "+ GRAPPA at blind spots": the same, with GRAPPA's prediction where the branch read the
-  zero padding past the k-space (`raki.recon.blind_spots`), as the default method applies it.
+  zero padding past the k-space (`raki.methods.blind_spots`), as the default method applies it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from raki.io import read_scan
 from raki.metrics import nmse
 from raki.model import RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES
 from raki.phantom import simulate_scan
-from raki.recon import blind_spots, fill_slice, lattice_offset
+from raki.methods import blind_spots, fill_slice, lattice_offset
 from raki.scan import Scan
 from raki.train import TrainingConfig, _start_networks
 

@@ -29,7 +29,7 @@ from raki.fft import rss_image
 from raki.io import read_scan
 from raki.metrics import evaluate
 from raki.phantom import simulate_scan
-from raki.recon import default_method_for, reconstruct
+from raki.methods import default_method_for, reconstruct
 from raki.scan import Scan
 from raki.train import TrainingConfig
 

@@ -37,7 +37,7 @@ from raki.grappa import fit_grappa
 from raki.metrics import nmse
 from raki.oversampling import cropped_readout
 from raki.phantom import simulate_scan
-from raki.recon import apply_weights
+from raki.methods import apply_weights
 from raki.runtime import tune_process
 from raki.scan import Scan
 from raki.train import TrainingConfig, train_scan

@@ -10,7 +10,7 @@ import tarfile
 from pathlib import Path
 
 from mrictl.backends.local import LocalBackend
-from mrictl.pipeline.packaging import MANIFEST_NAME, scan_id_of
+from mrictl.pipeline.package import MANIFEST_NAME, scan_id_of
 from raki.io.fastmri import write_fastmri
 from raki.phantom import simulate_scan
 

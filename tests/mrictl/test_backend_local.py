@@ -42,7 +42,7 @@ def test_put_get_roundtrip_records_sha256(backend, tmp_path):
     source.write_bytes(b"k-space" * 1000)
     info = backend.store.put_file("uploads/scan-0123456789abcdef.tar", source)
     assert info.size == 7000
-    assert backend.store.sha256(info.key) == info.sha256
+    assert backend.store.head(info.key).sha256 == info.sha256
     assert backend.store.exists(info.key)
     assert backend.store.path_of(info.key).read_bytes() == source.read_bytes()
     copy = backend.store.get_file(info.key, tmp_path / "out" / "copy.bin")

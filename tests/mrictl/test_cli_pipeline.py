@@ -61,7 +61,7 @@ def test_upload_worker_status_fetch(tmp_path, home):
     assert uploaded.exit_code == 0, uploaded.stderr
     job_id = uploaded.json()["job_id"]
     again = run_cli("upload", str(scan), "--json", env=home).json()
-    assert again["already_uploaded"] and again["job_id"] is None
+    assert again["already_uploaded"] and again["job_id"] == job_id  # the upload's one job
     worked = run_cli("worker", "run", "--once", "--json", env=home)
     assert worked.exit_code == 0, worked.stderr
     records = run_cli("recon", "status", "--json", env=home).json()["jobs"]

@@ -11,10 +11,10 @@ import pytest
 from mrictl.backends.local import LocalBackend
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.pipeline import jobs
-from mrictl.pipeline.packaging import upload
+from mrictl.pipeline.upload import upload
 from mrictl.worker import run_worker
 from raki.io.fastmri import write_fastmri
-from raki.io.reconstruction import read_reconstruction
+from raki.io.image_hdf5 import read_reconstruction
 from raki.phantom import simulate_scan
 from raki.scan import Identifiers
 from tests.mrictl.jobs_helpers import RETROSPECTIVE, TINY, tree, write_tiny_scan

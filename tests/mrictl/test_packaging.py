@@ -11,16 +11,15 @@ import pytest
 
 from mrictl.backends.local import LocalBackend
 from mrictl.errors import ExitCode, MrictlError
-from mrictl.pipeline.packaging import (
+from mrictl.pipeline.package import (
     MANIFEST_NAME,
     ExtractLimits,
     Manifest,
     PackageError,
     extract_package,
-    package_scan,
     scan_id_of,
-    upload,
 )
+from mrictl.pipeline.upload import package_scan, upload
 from tests.mrictl.jobs_helpers import (
     manifest_for,
     regular,
@@ -49,12 +48,13 @@ def test_package_is_a_flat_tar_with_the_manifest_first(scan_file, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [package.path.name]
     with tarfile.open(package.path) as archive:
         members = archive.getmembers()
-        assert [m.name for m in members] == [MANIFEST_NAME, "knee.h5"]
+        assert [m.name for m in members] == [MANIFEST_NAME, "scan.h5"]  # by role
         manifest = json.loads(archive.extractfile(members[0]).read())
     assert manifest["files"] == [
-        {"name": "knee.h5", "size": scan_file.stat().st_size, "sha256": sha256, "format": "fastmri"}
+        {"name": "scan.h5", "size": scan_file.stat().st_size, "sha256": sha256, "format": "fastmri"}
     ]
-    assert manifest["scan_id"] == package.scan_id and manifest["scan_file"] == "knee.h5"
+    assert manifest["scan_id"] == package.scan_id and manifest["scan_file"] == "scan.h5"
+    assert "knee" not in package.path.read_bytes().decode("latin-1")  # the user's name is gone
     assert manifest["summary"]["coils"] == 4 and manifest["tool"].startswith("mrictl ")
     assert "identifiers" not in json.dumps(manifest) and "patient" not in json.dumps(manifest)
     assert str(tmp_path) not in json.dumps(manifest)
@@ -98,7 +98,7 @@ def test_upload_to_the_store_queues_preprocess_once(scan_file, tmp_path):
     assert not first.already_uploaded and first.job_id
     assert backend.store.list() == [f"uploads/{first.scan_id}.tar"]
     second = upload(backend, [scan_file], method="zerofill")
-    assert second.already_uploaded and second.job_id is None
+    assert second.already_uploaded and second.job_id == first.job_id  # one job per upload
     jobs = backend.queue.list()
     assert [(j.stage, j.payload["scan_id"]) for j in jobs] == [("preprocess", first.scan_id)]
     other = write_tiny_scan(tmp_path / "input" / "other.h5", seed=5)

@@ -11,7 +11,9 @@ import pytest
 
 from mrictl.backends.local import LocalBackend
 from mrictl.pipeline import jobs
-from mrictl.pipeline.packaging import MANIFEST_NAME, upload
+from mrictl.pipeline.package import MANIFEST_NAME
+from mrictl.pipeline.requests import enqueue_preprocess, recon_request
+from mrictl.pipeline.upload import upload
 from mrictl.worker import run_worker
 from raki.io.fastmri import read_fastmri
 from tests.mrictl.jobs_helpers import (
@@ -59,7 +61,7 @@ def test_preprocess_of_a_known_scan_reuses_it(backend, tmp_path):
     first = upload(backend, [scan_file], method="zerofill")
     run_worker(backend, once=True, stages=("preprocess",), lease_seconds=30)
     stored = backend.store.path_of(f"preprocessed/{first.scan_id}.h5").stat().st_mtime_ns
-    again = jobs.enqueue_preprocess(backend, first.scan_id, method="zerofill")
+    again = enqueue_preprocess(backend, first.scan_id, recon_request("zerofill", None))
     run_worker(backend, once=True, stages=("preprocess",), lease_seconds=30)
     assert jobs.get_record(backend, again)["state"] == "succeeded"
     assert backend.store.path_of(f"preprocessed/{first.scan_id}.h5").stat().st_mtime_ns == stored
@@ -141,7 +143,7 @@ def test_bad_upload_fails_cleanly_and_writes_nothing_outside_its_area(case, back
     tar_path = build(staging / "upload.tar")
     scan_id = "scan-00000000000000aa" if case == "wrong scan id" else claimed_scan_id(tar_path)
     backend.store.put_file(f"uploads/{scan_id}.tar", tar_path)
-    job_id = jobs.enqueue_preprocess(backend, scan_id, method="zerofill")
+    job_id = enqueue_preprocess(backend, scan_id, recon_request("zerofill", None))
     before = tree(tmp_path) - {"home/mrictl.sqlite3-wal", "home/mrictl.sqlite3-shm"}
     assert run_worker(backend, once=True, lease_seconds=30) == 1
     record = jobs.get_record(backend, job_id)

@@ -1,8 +1,8 @@
 """Workers as real processes on a real SQLite queue: exactly-once results, leases, dead letters.
 
-A slow stage is made with MRICTL_DEBUG_STAGE_SLEEP_S (a test-only hook in mrictl.worker): the
-stage sleeps after writing its outputs into its work folder and before publishing them, so a
-worker can be killed or cancelled exactly there.
+A slow stage is made on the test side (tests.mrictl.slow_publishing): the stage pauses after
+writing its outputs into its work folder and before publishing them, so a worker can be killed
+or cancelled exactly there.
 """
 
 from __future__ import annotations
@@ -18,21 +18,18 @@ from pathlib import Path
 import pytest
 
 from mrictl.backends.local import LocalBackend
+from mrictl.backends.local.processes import THREAD_VARIABLES, worker_environment
 from mrictl.pipeline import jobs
-from mrictl.worker import (
-    DEBUG_SLEEP_ENV,
-    THREAD_VARIABLES,
-    run_worker,
-    spawn_workers,
-    worker_environment,
-)
-from raki.io.reconstruction import read_reconstruction
+from mrictl.pipeline.requests import enqueue_recon
+from mrictl.worker import run_worker
+from raki.io.image_hdf5 import read_reconstruction
 from tests.mrictl.jobs_helpers import (
     RETROSPECTIVE,
     put_preprocessed,
     tree,
     write_tiny_scan,
 )
+from tests.mrictl.slow_publishing import pause_before_publishing
 
 
 @pytest.fixture
@@ -43,6 +40,23 @@ def backend(tmp_path: Path) -> LocalBackend:
 @pytest.fixture
 def scan_id(backend, tmp_path) -> str:
     return put_preprocessed(backend, write_tiny_scan(tmp_path / "scan.h5"))
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def worker_process(backend, *arguments: str, pause_s: float = 0.0) -> subprocess.Popen:
+    """`mrictl worker run` on the backend's home as its own process, its stages pausing
+    `pause_s` before they publish (tests.mrictl.slow_publishing)."""
+    import os
+    import sys
+
+    command = [sys.executable, "-m", "tests.mrictl.slow_publishing", str(pause_s)]
+    command += ["worker", "run", "--home", str(backend.home), *arguments, "--json"]
+    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
+    return subprocess.Popen(
+        command, cwd=REPOSITORY, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def wait_until(condition, timeout: float = 60.0, what: str = "condition") -> None:
@@ -78,10 +92,10 @@ def assert_complete_outputs(backend: LocalBackend, job_id: str) -> dict:
 
 @pytest.mark.slow
 def test_fifty_jobs_two_worker_processes_each_done_exactly_once(backend, scan_id):
-    workers = spawn_workers(2, backend.home, stages=("recon",), poll_interval=0.1)
+    workers = [worker_process(backend, "--stage", "recon", "--poll-interval", "0.1") for _ in "ab"]
     try:
         ids = [
-            jobs.enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
+            enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
             for _ in range(50)
         ]
         wait_until(
@@ -102,8 +116,8 @@ def test_fifty_jobs_two_worker_processes_each_done_exactly_once(backend, scan_id
 
 @pytest.mark.slow
 def test_killed_worker_job_is_finished_by_another_after_lease_expiry(backend, scan_id):
-    job_id = jobs.enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
-    [doomed] = spawn_workers(1, backend.home, lease_seconds=2, env={DEBUG_SLEEP_ENV: "60"})
+    job_id = enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
+    doomed = worker_process(backend, "--lease-seconds", "2", pause_s=60)
     rescuers: list[subprocess.Popen] = []
     try:
         # Outputs written in its work folder, none published: kill it there.
@@ -112,7 +126,7 @@ def test_killed_worker_job_is_finished_by_another_after_lease_expiry(backend, sc
             what="the first worker to write its outputs",
         )
         # The second worker starts while the first still renews its lease: it must wait.
-        rescuers = spawn_workers(1, backend.home, lease_seconds=2, poll_interval=0.1)
+        rescuers = [worker_process(backend, "--lease-seconds", "2", "--poll-interval", "0.1")]
         time.sleep(1.0)
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(timeout=30)
@@ -152,18 +166,16 @@ def test_missing_input_is_retried_then_dead_lettered_with_its_reason(backend):
 
 
 def test_bad_request_fails_at_once_without_retry(backend, scan_id):
-    job_id = jobs.enqueue_recon(backend, scan_id, method="zerofill")  # fully sampled, no --accel
+    job_id = enqueue_recon(backend, scan_id, method="zerofill")  # fully sampled, no --accel
     run_worker(backend, once=True, lease_seconds=30)
     record = jobs.get_record(backend, job_id)
     assert record["state"] == "failed" and record["attempts"] == 1
     assert "fully sampled" in record["error"] and "\n" not in record["error"]
 
 
-def test_cancelled_running_job_stops_at_heartbeat_and_publishes_nothing(
-    backend, scan_id, monkeypatch
-):
-    monkeypatch.setenv(DEBUG_SLEEP_ENV, "30")
-    job_id = jobs.enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
+def test_cancelled_running_job_stops_at_heartbeat_and_publishes_nothing(backend, scan_id):
+    undo = pause_before_publishing(30)
+    job_id = enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
     done = []
     worker = threading.Thread(
         target=lambda: done.append(run_worker(backend, once=True, lease_seconds=0.6))
@@ -173,6 +185,7 @@ def test_cancelled_running_job_stops_at_heartbeat_and_publishes_nothing(
     started = time.monotonic()
     jobs.cancel(backend, job_id)
     worker.join(timeout=30)
+    undo()
     assert not worker.is_alive() and done == [1]
     assert time.monotonic() - started < 5  # noticed at a heartbeat, not after the 30 s sleep
     record = jobs.get_record(backend, job_id)
@@ -198,8 +211,7 @@ def test_worker_run_with_several_processes_reports_the_jobs_they_did(backend, sc
     from tests.mrictl.cli_helpers import invoke
 
     ids = [
-        jobs.enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
-        for _ in range(4)
+        enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE) for _ in range(4)
     ]
     outcome = invoke(
         "worker", "run", "--workers", "2", "--once", "--home", str(backend.home), "--json"
@@ -222,25 +234,27 @@ def test_worker_processes_split_the_cores_and_keep_a_count_the_caller_set():
     assert int(one["OMP_NUM_THREADS"]) >= 1
 
 
-def test_a_job_cancelled_while_running_queues_no_next_stage(backend):
+def cancelled_then_chains(context) -> dict:
+    """A stage whose job is cancelled while it runs, just before it queues its successor."""
+    jobs.cancel(context.backend, context.job.job_id)  # long before the next heartbeat (200 s)
+    context.enqueue_next("recon", {"scan_id": "x"})
+    return {}
+
+
+def test_a_job_cancelled_while_running_queues_no_next_stage(backend, monkeypatch):
+    import dataclasses
+
     from mrictl.backends.base import JobState
+    from mrictl.pipeline.stages import STAGES
     from mrictl.worker import process_job
 
-    job_id = backend.queue.enqueue("preprocess", {})
-    job = backend.queue.claim("preprocess", "w1", 600)
-
-    def cancelled_then_chains(context):
-        jobs.cancel(backend, job_id)  # lands long before the next heartbeat (200 s away)
-        context.enqueue_next("recon", {"scan_id": "x"})
-        return {}
-
-    state = process_job(
-        backend,
-        job,
-        worker_id="w1",
-        lease_seconds=600,
-        stages={"preprocess": cancelled_then_chains},
+    entry = f"{__name__}:cancelled_then_chains"
+    monkeypatch.setitem(
+        STAGES, "preprocess", dataclasses.replace(STAGES["preprocess"], entry_point=entry)
     )
+    backend.queue.enqueue("preprocess", {})
+    job = backend.queue.claim("preprocess", "w1", 600)
+    state = process_job(backend, job, worker_id="w1", lease_seconds=600)
     assert state is JobState.CANCELLED
     assert backend.queue.list(stage="recon") == []
 
@@ -256,16 +270,8 @@ def test_cancel_stops_a_successor_queued_just_before_it(backend):
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT])
 def test_worker_run_finishes_the_job_in_hand_when_told_to_stop(backend, scan_id, signal_number):
     """`mrictl worker run` on SIGTERM or a first Ctrl-C: the running job completes, exit 0."""
-    import os
-    import sys
-
-    job_id = jobs.enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mrictl", "worker", "run", "--home", str(backend.home), "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env={**os.environ, DEBUG_SLEEP_ENV: "3"},
-    )
+    job_id = enqueue_recon(backend, scan_id, method="zerofill", options=RETROSPECTIVE)
+    process = worker_process(backend, pause_s=3)
     try:
         wait_until(
             lambda: any(backend.scratch_dir.glob(f"{job_id}-*/outputs/result.json")),

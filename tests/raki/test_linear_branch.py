@@ -16,10 +16,10 @@ from raki.linear_branch import (
     real_kernel,
     tikhonov,
 )
+from raki.methods import blind_spots, fill_slice, lattice_offset
 from raki.metrics import nmse
 from raki.model import RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES, to_channels
 from raki.phantom import simulate_scan
-from raki.recon import blind_spots, fill_slice, lattice_offset
 from raki.train import TrainingConfig, _start_networks, train_scan
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
+from raki.methods import reconstruct
 from raki.metrics import nmse
 from raki.oversampling import (
     crop_kspace,
@@ -19,7 +20,6 @@ from raki.oversampling import (
     restore_readout,
 )
 from raki.phantom import simulate_scan
-from raki.recon import reconstruct
 from raki.train import TrainingConfig, train_scan
 from raki.weights import RakiWeights
 

@@ -72,7 +72,7 @@ def test_an_acs_too_small_to_calibrate_on_is_still_a_scan_that_methods_refuse():
     """fastMRI's R = 8 masks on a small matrix keep a few ACS lines: the file is readable and
     can be zero-filled; GRAPPA and RAKI each say what they need."""
     from raki.grappa import reconstruct_grappa
-    from raki.recon import reconstruct
+    from raki.methods import reconstruct
 
     mask = equispaced_mask(16, 4, 2)
     scan = Scan.from_kspace(_kspace() * mask, mask, acs=AcsBlock(7, 9), acceleration=4)

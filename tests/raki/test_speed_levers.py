@@ -31,9 +31,9 @@ def test_compressed_training_keeps_the_image_and_round_trips(tmp_path):
     import numpy as np
 
     from raki.fft import rss_image
+    from raki.methods import reconstruct
     from raki.metrics import nmse
     from raki.phantom import simulate_scan
-    from raki.recon import reconstruct
     from raki.train import TrainingConfig, train_scan
     from raki.weights import RakiWeights
 
@@ -61,9 +61,9 @@ def test_bf16_training_stays_close_to_fp32():
     from dataclasses import replace
 
     from raki.fft import rss_image
+    from raki.methods import reconstruct
     from raki.metrics import nmse
     from raki.phantom import simulate_scan
-    from raki.recon import reconstruct
     from raki.train import TrainingConfig
 
     full = simulate_scan((32, 30), num_coils=4, snr=40.0, seed=2)

@@ -126,8 +126,8 @@ def test_the_grappa_start_begins_where_grappa_is_and_is_recorded():
     from dataclasses import replace
 
     from raki.fft import rss_image
+    from raki.methods import reconstruct
     from raki.metrics import nmse
-    from raki.recon import reconstruct
 
     full = simulate_scan((64, 48), num_coils=6, snr=40.0, seed=5)
     scan = full.undersampled(3, 16)

@@ -6,8 +6,8 @@ import torch
 
 from raki import __version__
 from raki.errors import FileFormatError, IncompatibleWeightsError, InvalidScanError
+from raki.methods import reconstruct
 from raki.phantom import simulate_scan
-from raki.recon import reconstruct
 from raki.sampling import AcsBlock
 from raki.scan import Scan
 from raki.train import train_scan

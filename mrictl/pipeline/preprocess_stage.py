@@ -2,7 +2,8 @@
 
 Unpacks the upload into the job's fresh work folder with every check of `extract_package`,
 verifies checksums and formats, reads the scan, writes `preprocessed/<scan_id>.h5` and queues the
-recon job that was asked for. Idempotent: a scan already preprocessed is not converted again.
+recon (or train) job that was asked for. Idempotent: a scan already preprocessed is not
+converted again. Never imports torch: the Fargate service that runs it starts small and fast.
 
 Identifiers: the canonical file keeps the scan's patient and study identifiers (in its
 `ismrmrd_header`), because the DICOM output must be filed under the right patient and study.
@@ -15,17 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mrictl.backends.base import PREPROCESSED, UPLOADS
-from mrictl.pipeline.packaging import (
-    ExtractLimits,
-    Manifest,
-    PackageError,
-    extract_package,
-    is_scan_id,
-)
+from mrictl import keys
+from mrictl.pipeline.package import ExtractLimits, Manifest, PackageError, extract_package
 
 if TYPE_CHECKING:
-    from mrictl.worker import StageContext
+    from mrictl.pipeline.context import StageContext
+
+NEXT_STAGES = ("recon", "train")
 
 EXTRACT_LIMITS = ExtractLimits()
 
@@ -75,15 +72,18 @@ def convert(manifest: Manifest, folder: Path, canonical: Path) -> dict[str, Any]
 def run_preprocess(context: StageContext) -> dict[str, Any]:
     """Stage entry point (see the module docstring); returns the job's result."""
     scan_id = context.payload.get("scan_id")
-    if not isinstance(scan_id, str) or not is_scan_id(scan_id):
+    if not keys.is_scan_id(scan_id):
         raise PackageError(f"job payload has no valid scan id ({scan_id!r})")
-    output_key = f"{PREPROCESSED}/{scan_id}.h5"
+    next_stage = context.payload.get("next_stage") or "recon"
+    if next_stage not in NEXT_STAGES:
+        raise PackageError(f"job payload names no stage to follow ({next_stage!r})")
+    output_key = keys.preprocessed(scan_id)
     summary = None
     if context.backend.store.exists(output_key):
         context.log(f"{scan_id} already preprocessed: reusing it")
     else:
         upload = context.work_dir / f"{scan_id}.tar"
-        context.backend.store.get_file(f"{UPLOADS}/{scan_id}.tar", upload)
+        context.backend.store.get_file(keys.upload(scan_id), upload)
         manifest = extract_package(upload, context.work_dir / "unpacked", limits=EXTRACT_LIMITS)
         upload.unlink()
         if manifest.scan_id != scan_id:
@@ -92,11 +92,10 @@ def run_preprocess(context: StageContext) -> dict[str, Any]:
         context.log(f"unpacked {len(manifest.files)} file(s); checksums and formats verified")
         canonical = context.work_dir / "canonical.h5"
         summary = convert(manifest, context.work_dir / "unpacked", canonical)
-        context.pause_for_tests()
-        context.publish(canonical, output_key)
+        context.publish(canonical, output_key, metadata={"scan-id": scan_id, "format": "fastmri"})
         context.log(f"wrote {output_key}")
     next_job_id = context.enqueue_next(
-        "recon",
+        next_stage,
         {
             "scan_id": scan_id,
             "method": context.payload.get("method"),
@@ -104,7 +103,7 @@ def run_preprocess(context: StageContext) -> dict[str, Any]:
             **({"default_method": True} if context.payload.get("default_method") else {}),
         },
     )
-    context.log(f"queued recon job {next_job_id}")
+    context.log(f"queued {next_stage} job {next_job_id}")
     return {
         "scan_id": scan_id,
         "outputs": [output_key],

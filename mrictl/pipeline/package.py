@@ -1,9 +1,11 @@
-"""Scan packages: a scan's files as one uncompressed tar, `manifest.json` first, and their upload.
+"""The scan package format: a scan's files as one uncompressed tar, `manifest.json` first.
 
-The package is what leaves the workstation: flat (base names only), checksummed file by file,
-named by a content-derived scan id so that the same scan uploaded twice is recognised, and
-written under a hidden temporary name, then renamed, so that a watcher never sees half of it.
-Reading one back (`extract_package`) trusts nothing in it.
+The package is what leaves the workstation: flat, its members named by role (`scan.h5`,
+`file-2.dat`: never the operator's file name, which may carry a patient's name), checksummed
+file by file, named by a content-derived scan id so that the same scan uploaded twice is
+recognised, and written under a hidden temporary name, then renamed, so that a watcher never
+sees half of it. Reading one back (`extract_package`) trusts nothing in it. Sending packages
+somewhere is mrictl.pipeline.upload's business.
 """
 
 from __future__ import annotations
@@ -15,20 +17,17 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from mrictl import __version__
-from mrictl.backends.base import UPLOADS, Backend
 from mrictl.errors import ExitCode, MrictlError
+from mrictl.partial_files import partial_name, remove_stale_partials
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
-SCAN_ID = re.compile(r"^scan-[0-9a-f]{16}$")
 CHUNK = 1 << 20
 READ_OPTIONS = ("axis_order", "variable")  # the read_scan options a manifest may carry
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -139,34 +138,10 @@ class Manifest:
         )
 
 
-@dataclass(frozen=True)
-class Package:
-    """A package on disk; `already_present` when an identical one was there and was kept."""
-
-    scan_id: str
-    path: Path
-    manifest: Manifest | None
-    already_present: bool = False
-
-
-@dataclass(frozen=True)
-class UploadResult:
-    """Where a scan went; `job_id` is the queued preprocess job (None for a no-op or a share)."""
-
-    scan_id: str
-    already_uploaded: bool
-    location: str  # a store key, or the file name written in the share folder
-    job_id: str | None = None
-
-
 def scan_id_of(file_sha256s: Sequence[str] | Any) -> str:
     """The content-derived scan id: the same files, under any names, give the same id."""
     joined = "\n".join(sorted(file_sha256s)).encode()
     return f"scan-{hashlib.sha256(joined).hexdigest()[:16]}"
-
-
-def is_scan_id(text: str) -> bool:
-    return bool(SCAN_ID.fullmatch(text))
 
 
 def unsafe_name_reason(name: str) -> str | None:
@@ -197,47 +172,49 @@ def file_sha256(path: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-def _checked_inputs(paths: Sequence[Path]) -> list[Path]:
-    if not paths:
-        raise MrictlError("no scan files given", ExitCode.USAGE)
-    paths = [Path(path) for path in paths]
-    for path in paths:
-        name = path.name or path.resolve().name or str(path)
-        if path.is_dir():
-            message = f"{name}: is a folder; give the scan's files"
-            raise MrictlError(message, ExitCode.USAGE)
-        if not path.is_file():
-            raise MrictlError(f"{name}: no such file", ExitCode.NOT_FOUND)
-        reason = unsafe_name_reason(path.name)
-        if reason or path.name == MANIFEST_NAME:
-            raise MrictlError(f"{path.name}: cannot be packaged: {reason or 'reserved name'}")
-    names = [path.name for path in paths]
-    if len(set(names)) != len(names):
-        raise MrictlError("two of the scan files share a base name", ExitCode.USAGE)
-    return paths
-
-
 def read_options_of(axis_order: str | None, variable: str | None) -> dict[str, str]:
     """How raki.io.read_scan must read an array file (.mat/.npy/.npz); kept in the manifest."""
     options = {"axis_order": axis_order, "variable": variable}
     return {name: value for name, value in options.items() if value}
 
 
-def _describe(
-    paths: list[Path], hashes: list[tuple[int, str]], read_options: dict[str, str]
-) -> Manifest:
-    """Formats and the scan summary: the first file is the scan, others travel with it."""
-    from raki.io import detect_format, read_scan
+# The suffix a member gets from its format (detected from the content, never the name).
+SUFFIX_OF_FORMAT = {
+    "fastmri": ".h5",
+    "mrd": ".mrd",
+    "twix": ".dat",
+    "mat": ".mat",
+    "npy": ".npy",
+    "npz": ".npz",
+}
 
-    files = []
-    for path, (size, sha256) in zip(paths, hashes, strict=True):
-        files.append(PackagedFile(path.name, size, sha256, detect_format(path)))
-    scan = read_scan(paths[0], **read_options)
+
+def member_name(position: int, file_format: str) -> str:
+    """A member's name by its role: `scan.<suffix>` for the first file, the scan itself, and
+    `file-<n>.<suffix>` for what travels with it."""
+    stem = "scan" if position == 1 else f"file-{position}"
+    return stem + SUFFIX_OF_FORMAT.get(file_format, "")
+
+
+def describe(
+    paths: Sequence[Path],
+    hashes: Sequence[tuple[int, str]],
+    formats: Sequence[str],
+    summary: dict[str, Any],
+    read_options: dict[str, str],
+) -> Manifest:
+    """The manifest of a scan's files (the first one the scan), members named by role."""
+    files = tuple(
+        PackagedFile(member_name(position, file_format), size, sha256, file_format)
+        for position, ((size, sha256), file_format) in enumerate(
+            zip(hashes, formats, strict=True), start=1
+        )
+    )
     return Manifest(
         scan_id=scan_id_of(sha256 for _, sha256 in hashes),
-        files=tuple(files),
-        scan_file=paths[0].name,
-        summary=scan.summary(),
+        files=files,
+        scan_file=files[0].name,
+        summary=summary,
         read_options=read_options,
     )
 
@@ -265,21 +242,25 @@ def _member(name: str, size: int) -> tarfile.TarInfo:
 
 
 def write_package(manifest: Manifest, paths: Sequence[Path], dest_dir: Path) -> Path:
-    """Write `<scan_id>.tar` into `dest_dir` via a hidden `.partial` name and a rename."""
+    """Write `<scan_id>.tar` into `dest_dir` via a hidden `.partial` name and a rename.
+
+    `paths` are the files in the manifest's order. A killed writer's leftover partial of the
+    same package is removed (mrictl.partial_files); a live writer's is left alone.
+    """
     final = dest_dir / f"{manifest.scan_id}.tar"
+    remove_stale_partials(final)
     # Unique, so two uploads of one scan into one share never write the same temporary file.
-    partial = dest_dir / f".{final.name}.{uuid.uuid4().hex[:8]}.partial"
-    by_name = {Path(path).name: Path(path) for path in paths}
+    partial = partial_name(final)
     try:
         with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as archive:
             manifest_bytes = manifest.to_json()
             archive.addfile(_member(MANIFEST_NAME, len(manifest_bytes)), io.BytesIO(manifest_bytes))
-            for entry in manifest.files:
-                with by_name[entry.name].open("rb") as stream:
+            for entry, path in zip(manifest.files, paths, strict=True):
+                with Path(path).open("rb") as stream:
                     reader = _HashingReader(stream)
                     archive.addfile(_member(entry.name, entry.size), reader)
                 if reader.digest.hexdigest() != entry.sha256:
-                    raise MrictlError(f"{entry.name}: changed while it was being packaged")
+                    raise MrictlError(f"{Path(path).name}: changed while it was being packaged")
         with partial.open("rb+") as stream:
             os.fsync(stream.fileno())
         os.replace(partial, final)
@@ -290,106 +271,6 @@ def write_package(manifest: Manifest, paths: Sequence[Path], dest_dir: Path) -> 
     finally:
         partial.unlink(missing_ok=True)
     return final
-
-
-def package_scan(
-    paths: Sequence[Path],
-    *,
-    dest_dir: Path,
-    axis_order: str | None = None,
-    variable: str | None = None,
-    phase: PhaseCallback | None = None,
-) -> Package:
-    """Package a scan's files into `dest_dir/<scan_id>.tar`; an identical package is kept as is.
-
-    `phase` hears "checksums", "packaging" as each long step starts (for a progress display).
-    """
-    phase = phase or _quiet
-    inputs = _checked_inputs(paths)
-    if not Path(dest_dir).is_dir():
-        raise MrictlError(f"{Path(dest_dir).name}: no such folder", ExitCode.NOT_FOUND)
-    phase("checksums")
-    hashes = [file_sha256(path) for path in inputs]
-    scan_id = scan_id_of(sha256 for _, sha256 in hashes)
-    final = Path(dest_dir) / f"{scan_id}.tar"
-    if final.is_file():
-        return Package(scan_id, final, None, already_present=True)
-    phase("packaging")
-    manifest = _describe(inputs, hashes, read_options_of(axis_order, variable))
-    return Package(scan_id, write_package(manifest, inputs, Path(dest_dir)), manifest)
-
-
-PhaseCallback = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    """The default phase listener: says nothing."""
-
-
-def upload_key(scan_id: str) -> str:
-    return f"{UPLOADS}/{scan_id}.tar"
-
-
-def store_scan(
-    backend: Backend,
-    paths: Sequence[Path],
-    *,
-    axis_order: str | None = None,
-    variable: str | None = None,
-    phase: PhaseCallback | None = None,
-) -> tuple[str, bool]:
-    """Put a scan's package in the store (no job): its scan id and whether it was already there.
-
-    `phase` hears "checksums", "packaging", "sending" as each long step starts.
-    """
-    phase = phase or _quiet
-    inputs = _checked_inputs(paths)
-    phase("checksums")
-    hashes = [file_sha256(path) for path in inputs]
-    scan_id = scan_id_of(sha256 for _, sha256 in hashes)
-    if backend.store.exists(upload_key(scan_id)):
-        return scan_id, True
-    phase("packaging")
-    manifest = _describe(inputs, hashes, read_options_of(axis_order, variable))
-    with tempfile.TemporaryDirectory(prefix="package-", dir=backend.scratch_dir) as staging:
-        tar_path = write_package(manifest, inputs, Path(staging))
-        phase("sending")
-        backend.store.put_file(upload_key(scan_id), tar_path)
-    return scan_id, False
-
-
-def upload(
-    backend: Backend,
-    paths: Sequence[Path],
-    *,
-    to_dir: Path | None = None,
-    method: str | None = None,
-    options: Mapping[str, Any] | None = None,
-    axis_order: str | None = None,
-    variable: str | None = None,
-    phase: PhaseCallback | None = None,
-) -> UploadResult:
-    """Send a scan: into a mounted share folder (`to_dir`), or into the store + a preprocess job.
-
-    A share folder is how an AWS Storage Gateway file share looks from the workstation: the
-    complete tar appears there under its final name and the cloud side takes it from there.
-    Uploading the same scan again does nothing and says so (`already_uploaded`).
-    """
-    if to_dir is not None:
-        package = package_scan(
-            paths, dest_dir=Path(to_dir), axis_order=axis_order, variable=variable, phase=phase
-        )
-        return UploadResult(package.scan_id, package.already_present, package.path.name)
-    from mrictl.pipeline.jobs import enqueue_preprocess, recon_request
-
-    recon_request(method, options)  # a bad request fails before anything is sent
-    scan_id, already = store_scan(
-        backend, paths, axis_order=axis_order, variable=variable, phase=phase
-    )
-    if already:
-        return UploadResult(scan_id, True, upload_key(scan_id))
-    job_id = enqueue_preprocess(backend, scan_id, method=method, options=options)
-    return UploadResult(scan_id, False, upload_key(scan_id), job_id)
 
 
 def _read_limited(stream: BinaryIO, limit: int, what: str) -> bytes:

@@ -19,9 +19,8 @@ from raki.device import DEVICES, is_device_name, resolve_device
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
 from raki.io import read_scan
-from raki.io.reconstruction import write_reconstruction
-from raki.metrics import evaluate
-from raki.recon import (
+from raki.io.image_hdf5 import write_reconstruction
+from raki.methods import (
     DEFAULT_METHOD,
     METHODS,
     MethodChoice,
@@ -30,6 +29,7 @@ from raki.recon import (
     default_method_for,
     reconstruct,
 )
+from raki.metrics import evaluate
 from raki.scan import Scan
 from raki.train import TrainingConfig
 
@@ -106,7 +106,7 @@ class Reconstruction:
     metrics: dict[str, float] | None
     comparison: dict[str, dict[str, float]] = field(default_factory=dict)
     compared_images: dict[str, np.ndarray] = field(default_factory=dict)
-    # Why the default method could not run and another did (raki.recon.default_method_for).
+    # Why the default method could not run and another did (raki.methods.default_method_for).
     fallback: str | None = None
 
     def attrs(self) -> dict[str, Any]:

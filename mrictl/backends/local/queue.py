@@ -3,6 +3,8 @@
 Claims run under `BEGIN IMMEDIATE`, so two worker processes never take the same job. A lease is
 a deadline plus a random token (like an SQS receipt handle): heartbeats, completion and failure
 must present the token, so a worker whose lease expired cannot overwrite its successor's work.
+Jobs are pulled by stage (`claim`) or pushed by id (`claim_job`), as the contract in
+mrictl.backends.base describes.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from mrictl.backends.base import (
     LeaseLostError,
     LogEntry,
     NotFoundError,
+    new_job_id,
 )
-from mrictl.backends.local_sqlite import Database
+from mrictl.backends.local.sqlite import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -47,6 +50,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS jobs_by_stage_state ON jobs (stage, state, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_parent ON jobs (parent_id, seq);
 CREATE TABLE IF NOT EXISTS claims (
     job_id TEXT NOT NULL,
     attempt INTEGER NOT NULL,
@@ -64,10 +68,6 @@ CREATE TABLE IF NOT EXISTS job_logs (
 );
 CREATE INDEX IF NOT EXISTS job_logs_by_job ON job_logs (job_id, seq)
 """
-
-
-def new_job_id() -> str:
-    return f"job-{uuid.uuid4().hex[:16]}"
 
 
 def job_from_row(row: sqlite3.Row, *, with_lease: bool = False) -> Job:
@@ -134,35 +134,68 @@ class LocalJobQueue:
 
     def claim(self, stage: str, worker_id: str, lease_seconds: float) -> Job | None:
         now = time.time()
-        token = uuid.uuid4().hex
         with self.db.transaction() as connection:
-            self._expire_leases(connection, stage, now)
+            self._expire_leases(connection, now, stage=stage)
             row = connection.execute(
-                "SELECT seq FROM jobs WHERE stage = ? AND state = ? ORDER BY seq LIMIT 1",
+                "SELECT job_id FROM jobs WHERE stage = ? AND state = ? ORDER BY seq LIMIT 1",
                 (stage, JobState.QUEUED.value),
             ).fetchone()
             if row is None:
                 return None
-            connection.execute(
-                "UPDATE jobs SET state = ?, attempts = attempts + 1, worker_id = ?, "
-                "lease_token = ?, lease_expires_at = ?, updated_at = ? WHERE seq = ?",
-                (JobState.RUNNING.value, worker_id, token, now + lease_seconds, now, row["seq"]),
-            )
-            claimed = connection.execute(
-                "SELECT * FROM jobs WHERE seq = ?", (row["seq"],)
-            ).fetchone()
-            connection.execute(
-                "INSERT INTO claims (job_id, attempt, worker_id, claimed_at) VALUES (?, ?, ?, ?)",
-                (claimed["job_id"], claimed["attempts"], worker_id, now),
-            )
+            return self._lease(connection, row["job_id"], worker_id, lease_seconds, now)
+
+    def claim_job(self, job_id: str, worker_id: str, lease_seconds: float) -> Job:
+        now = time.time()
+        with self.db.transaction() as connection:
+            self._expire_leases(connection, now, job_id=job_id)
+            row = self._row(connection, job_id)
+            state = JobState(row["state"])
+            if state is JobState.RUNNING:
+                raise ConflictError(
+                    f"{job_id} is running on {row['worker_id']} (its lease is live)"
+                )
+            if state is not JobState.QUEUED:
+                detail = f": {row['error']}" if row["error"] else ""
+                raise ConflictError(f"{job_id} already {state.value}{detail}")
+            return self._lease(connection, job_id, worker_id, lease_seconds, now)
+
+    def _lease(
+        self,
+        connection: sqlite3.Connection,
+        job_id: str,
+        worker_id: str,
+        lease_seconds: float,
+        now: float,
+    ) -> Job:
+        """Lease a queued job to `worker_id` with a fresh token; one more attempt, one claim."""
+        token = uuid.uuid4().hex
+        connection.execute(
+            "UPDATE jobs SET state = ?, attempts = attempts + 1, worker_id = ?, "
+            "lease_token = ?, lease_expires_at = ?, updated_at = ? WHERE job_id = ?",
+            (JobState.RUNNING.value, worker_id, token, now + lease_seconds, now, job_id),
+        )
+        claimed = self._row(connection, job_id)
+        connection.execute(
+            "INSERT INTO claims (job_id, attempt, worker_id, claimed_at) VALUES (?, ?, ?, ?)",
+            (job_id, claimed["attempts"], worker_id, now),
+        )
         return job_from_row(claimed, with_lease=True)
 
-    def _expire_leases(self, connection: sqlite3.Connection, stage: str, now: float) -> None:
-        """Running jobs whose worker stopped renewing: back to the queue, or dead-lettered."""
+    def _expire_leases(
+        self,
+        connection: sqlite3.Connection,
+        now: float,
+        *,
+        stage: str | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        """Running jobs (of a stage, or one job) whose worker stopped renewing: back to the
+        queue, or dead-lettered when their attempts are used up."""
+        column, value = ("stage", stage) if job_id is None else ("job_id", job_id)
         expired = connection.execute(
             "SELECT seq, job_id, attempts, max_attempts, worker_id FROM jobs "
-            "WHERE stage = ? AND state = ? AND lease_expires_at < ?",
-            (stage, JobState.RUNNING.value, now),
+            f"WHERE {column} = ? AND state = ? AND lease_expires_at < ?",
+            (value, JobState.RUNNING.value, now),
         ).fetchall()
         for row in expired:
             reason = (
@@ -269,6 +302,13 @@ class LocalJobQueue:
     def get(self, job_id: str) -> Job:
         with self.db.reading() as connection:
             return job_from_row(self._row(connection, job_id))
+
+    def children(self, job_id: str) -> list[Job]:
+        with self.db.reading() as connection:
+            rows = connection.execute(
+                "SELECT * FROM jobs WHERE parent_id = ? ORDER BY seq", (job_id,)
+            ).fetchall()
+        return [job_from_row(row) for row in rows]
 
     def list(self, *, state: JobState | str | None = None, stage: str | None = None) -> list[Job]:
         clauses, values = [], []

@@ -1,16 +1,19 @@
 """The local object store: a folder tree whose files are the objects, SHA-256s kept in SQLite.
 
 A key maps to `root/<key>`, so people can browse outputs; an object is written under a hidden
-temporary name in its own folder and renamed into place, so a reader sees it whole or not at all.
+temporary name in its own folder and renamed into place, so a reader sees it whole or not at all
+(and a killed writer's leftover is removed by the next put of that key). Metadata lives beside
+the checksum in SQLite.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import time
-import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,8 +22,10 @@ from mrictl.backends.base import (
     NotFoundError,
     ObjectInfo,
     validate_key,
+    validate_metadata,
 )
-from mrictl.backends.local_sqlite import Database
+from mrictl.backends.local.sqlite import Database
+from mrictl.partial_files import partial_name, remove_stale_partials
 
 CHUNK = 1 << 20
 VERIFY_TRIES = 3
@@ -30,14 +35,12 @@ CREATE TABLE IF NOT EXISTS objects (
     key TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,
     size INTEGER NOT NULL,
-    stored_at REAL NOT NULL
+    stored_at REAL NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}'
 )
 """
-
-
-def temporary_name(final: Path) -> Path:
-    """A hidden name beside `final` that no listing or watcher mistakes for the object."""
-    return final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.partial")
+# Homes made before objects had metadata get the column.
+MIGRATIONS = ("ALTER TABLE objects ADD COLUMN metadata TEXT NOT NULL DEFAULT '{}'",)
 
 
 def copy_hashing(source: BinaryIO, target: BinaryIO) -> tuple[int, str]:
@@ -69,23 +72,28 @@ class LocalObjectStore:
         self.db = db
         self.root.mkdir(parents=True, exist_ok=True)
         db.ensure_schema(SCHEMA)
+        db.ensure_columns("objects", MIGRATIONS)
 
     def path_of(self, key: str) -> Path:
         """Where the object lives on disk (for people and for tests; code uses get_file)."""
         return self.root / validate_key(key)
 
-    def put_file(self, key: str, path: Path) -> ObjectInfo:
+    def put_file(
+        self, key: str, path: Path, *, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        metadata = validate_metadata(metadata)
         final = self.path_of(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        temporary = temporary_name(final)
+        remove_stale_partials(final)
+        temporary = partial_name(final)
         try:
             with path.open("rb") as source, temporary.open("xb") as target:
                 size, sha256 = copy_hashing(source, target)
             os.replace(temporary, final)
         finally:
             temporary.unlink(missing_ok=True)
-        self._record(key, sha256, size)
-        return ObjectInfo(key, size, sha256)
+        self._record(key, sha256, size, metadata)
+        return ObjectInfo(key, size, sha256, metadata)
 
     def get_file(self, key: str, dest: Path) -> ObjectInfo:
         source_path = self.path_of(key)
@@ -93,7 +101,7 @@ class LocalObjectStore:
         # A concurrent put of the same key can swap file and checksum between our two reads;
         # read again before calling the object corrupt.
         for _ in range(VERIFY_TRIES):
-            temporary = temporary_name(dest)
+            temporary = partial_name(dest)
             try:
                 try:
                     with source_path.open("rb") as source, temporary.open("xb") as target:
@@ -103,15 +111,36 @@ class LocalObjectStore:
                 recorded = self._recorded(key)
                 if recorded is None:
                     # Written but not yet recorded (a crash between rename and record).
-                    self._record(key, sha256, size)
-                    recorded = sha256
-                if recorded == sha256:
+                    self._record(key, sha256, size, {})
+                    recorded = ObjectInfo(key, size, sha256)
+                if recorded.sha256 == sha256:
                     os.replace(temporary, dest)
-                    return ObjectInfo(key, size, sha256)
+                    return ObjectInfo(key, size, sha256, recorded.metadata)
             finally:
                 temporary.unlink(missing_ok=True)
             time.sleep(0.05)
-        raise ChecksumMismatchError(f"{key}: stored bytes do not match their recorded SHA-256")
+        raise ChecksumMismatchError(
+            f"{key}: stored bytes do not match their recorded SHA-256 (corrupt in the store; "
+            "an upload of the same scan replaces it)"
+        )
+
+    def head(self, key: str) -> ObjectInfo:
+        recorded = self._recorded(key)
+        if recorded is not None and self.exists(key):
+            return recorded
+        if not self.exists(key):
+            raise NotFoundError(f"{key}: no such object in the store")
+        path = self.path_of(key)
+        sha256 = file_sha256(path)
+        self._record(key, sha256, path.stat().st_size, {})
+        return ObjectInfo(key, path.stat().st_size, sha256)
+
+    def verify(self, key: str) -> bool:
+        recorded = self.head(key)
+        try:
+            return file_sha256(self.path_of(key)) == recorded.sha256
+        except FileNotFoundError:
+            return False
 
     def exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
@@ -141,27 +170,21 @@ class LocalObjectStore:
                 folder.rmdir()
             folder = folder.parent
 
-    def sha256(self, key: str) -> str:
-        recorded = self._recorded(key)
-        if recorded is not None and self.exists(key):
-            return recorded
-        if not self.exists(key):
-            raise NotFoundError(f"{key}: no such object in the store")
-        path = self.path_of(key)
-        sha256 = file_sha256(path)
-        self._record(key, sha256, path.stat().st_size)
-        return sha256
-
-    def _record(self, key: str, sha256: str, size: int) -> None:
+    def _record(self, key: str, sha256: str, size: int, metadata: Mapping[str, str]) -> None:
         with self.db.transaction() as connection:
             connection.execute(
-                "INSERT INTO objects (key, sha256, size, stored_at) VALUES (?, ?, ?, ?) "
+                "INSERT INTO objects (key, sha256, size, stored_at, metadata) "
+                "VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET sha256 = excluded.sha256, size = excluded.size, "
-                "stored_at = excluded.stored_at",
-                (key, sha256, size, time.time()),
+                "stored_at = excluded.stored_at, metadata = excluded.metadata",
+                (key, sha256, size, time.time(), json.dumps(dict(metadata), sort_keys=True)),
             )
 
-    def _recorded(self, key: str) -> str | None:
+    def _recorded(self, key: str) -> ObjectInfo | None:
         with self.db.reading() as connection:
-            row = connection.execute("SELECT sha256 FROM objects WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row["sha256"])
+            row = connection.execute(
+                "SELECT sha256, size, metadata FROM objects WHERE key = ?", (key,)
+            ).fetchone()
+        if row is None:
+            return None
+        return ObjectInfo(key, int(row["size"]), str(row["sha256"]), json.loads(row["metadata"]))

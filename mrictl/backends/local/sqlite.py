@@ -72,6 +72,15 @@ class Database:
         except sqlite3.Error as error:
             raise BackendError(f"{self.path.name}: database error ({error})") from error
 
+    def ensure_columns(self, table: str, migrations: tuple[str, ...]) -> None:
+        """Apply `ALTER TABLE table ADD COLUMN` statements whose column is still missing."""
+        with self.transaction() as connection:
+            present = {row["name"] for row in connection.execute(f"PRAGMA table_info({table})")}
+            for statement in migrations:
+                column = statement.split("ADD COLUMN", 1)[1].split()[0]
+                if column not in present:
+                    connection.execute(statement)
+
     def ensure_schema(self, statements: str) -> None:
         """Create tables and indexes (idempotent `CREATE ... IF NOT EXISTS` statements)."""
         with self.transaction() as connection:

@@ -2,11 +2,11 @@
 
 Layout of `home`:
 
-    objects/uploads/<scan_id>.tar          packaged scans (tar + manifest.json)
-    objects/preprocessed/<scan_id>.h5      canonical fastMRI HDF5 of each scan
-    objects/reconstructed/<job_id>/...     outputs of a recon job (reconstruction.h5, result.json)
-    mrictl.sqlite3                         jobs, claims, job logs and object checksums (WAL)
+    objects/<key>                          every object, under its key (mrictl.keys)
+    mrictl.sqlite3                         jobs, claims, job logs, object checksums (WAL)
     work/<job_id>-<attempt>-<token>/       a worker's scratch area for one attempt
+
+Worker processes (`--workers N`) are children of the caller on the same home.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mrictl.backends.base import DEFAULT_MAX_ATTEMPTS, BackendError
-from mrictl.backends.local_queue import LocalJobQueue
-from mrictl.backends.local_sqlite import Database
-from mrictl.backends.local_store import LocalObjectStore
+from mrictl.backends.local.processes import LocalWorkerProcesses
+from mrictl.backends.local.queue import LocalJobQueue
+from mrictl.backends.local.sqlite import Database
+from mrictl.backends.local.store import LocalObjectStore
 
 DATABASE_NAME = "mrictl.sqlite3"
 
@@ -41,6 +42,10 @@ class LocalBackend:
         self.queue = LocalJobQueue(self.db, max_attempts=max_attempts)
         self.scratch_dir = self.home / "work"
         self.scratch_dir.mkdir(exist_ok=True)
+
+    def start_worker_processes(self, count: int, arguments: list[str]) -> LocalWorkerProcesses:
+        environment = {"MRICTL_BACKEND": "local", "MRICTL_HOME": str(self.home)}
+        return LocalWorkerProcesses(count, arguments, environment)
 
     def __repr__(self) -> str:
         return f"LocalBackend(home={self.home.name!r})"

@@ -6,10 +6,7 @@ import pytest
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
 from raki.grappa import closer_than_lattice, reconstruct_grappa
-from raki.metrics import nmse
-from raki.phantom import simulate_scan
-from raki.power_ceiling import limit_line_power
-from raki.recon import (
+from raki.methods import (
     DEFAULT_METHOD,
     METHODS,
     MethodChoice,
@@ -20,6 +17,9 @@ from raki.recon import (
     lattice_offset,
     reconstruct,
 )
+from raki.metrics import nmse
+from raki.phantom import simulate_scan
+from raki.power_ceiling import limit_line_power
 from raki.scan import Scan
 from raki.train import TrainingConfig, train_scan
 from tests.raki.test_train import undersampled
@@ -195,8 +195,8 @@ def test_the_default_gives_way_to_grappa_only_where_the_networks_cannot_train(ph
 def test_an_undersampled_scan_inside_zero_padding_gets_the_networks():
     """fastMRI's knee files and partial Fourier leave zero lines beyond the lattice: that is
     padding, not irregular sampling, so the default method runs there, not the fallback."""
+    from raki.methods import default_method_for, reconstruct
     from raki.phantom import simulate_scan
-    from raki.recon import default_method_for, reconstruct
     from raki.sampling import equispaced_mask
     from raki.scan import Scan
 

@@ -1,9 +1,10 @@
 """The recon stage: the canonical HDF5 of a scan in, `reconstructed/<job_id>/` out.
 
-Runs the same reconstruction as `mrictl recon run` (mrictl.reconstruction: retrospective
-undersampling of a fully sampled scan, which then is its own reference for the metrics), writes
-every output into the job's work folder, and only then publishes them, `result.json` last, each
-object atomically: a cancelled or lost attempt never leaves a half-written output.
+Runs the same reconstruction as `mrictl recon run` (mrictl.recon_service: retrospective
+undersampling of a fully sampled scan, which then is its own reference for the metrics; a
+train job's stored weights when the request names one), writes every output into the job's
+work folder, and only then publishes them, `result.json` last, each object atomically and
+fenced by the lease: a cancelled or lost attempt never leaves a half-written output.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mrictl import __version__
-from mrictl.backends.base import PREPROCESSED
-from mrictl.pipeline.packaging import PackageError, is_scan_id
+from mrictl import __version__, keys
+from mrictl.pipeline.package import PackageError
 from raki.scan import Scan
 
 if TYPE_CHECKING:
-    from mrictl.worker import StageContext
+    from mrictl.pipeline.context import StageContext
 
 RESULT_NAME = "result.json"
 RECONSTRUCTION_NAME = "reconstruction.h5"
@@ -90,14 +90,16 @@ def write_json(path: Path, document: dict[str, Any]) -> Path:
     return path
 
 
-def _options(payload: dict[str, Any]) -> Any:
-    from mrictl.reconstruction import ReconOptions
-    from raki.recon import DEFAULT_METHOD
+def _options(payload: dict[str, Any], weights: Path | None = None) -> Any:
+    from mrictl.recon_service import ReconOptions
+    from raki.methods import DEFAULT_METHOD
 
     options = payload.get("options") or {}
+    method = payload.get("method") or (None if weights is not None else DEFAULT_METHOD)
     return ReconOptions(
         # None lets run_reconstruction fall back from the default where it cannot run.
-        method=None if payload.get("default_method") else payload.get("method") or DEFAULT_METHOD,
+        method=None if payload.get("default_method") else method,
+        weights=weights,
         acceleration=options.get("acceleration"),
         acs_lines=options.get("acs_lines"),
         device=options.get("device", "auto"),
@@ -109,17 +111,23 @@ def _options(payload: dict[str, Any]) -> Any:
 
 def run_recon(context: StageContext) -> dict[str, Any]:
     """Stage entry point (see the module docstring); returns the job's result."""
-    from mrictl.reconstruction import run_reconstruction
+    from mrictl.recon_service import run_reconstruction
     from raki.io.fastmri import read_fastmri
-    from raki.io.reconstruction import write_reconstruction
+    from raki.io.image_hdf5 import write_reconstruction
 
     scan_id = context.payload.get("scan_id")
-    if not isinstance(scan_id, str) or not is_scan_id(scan_id):
+    if not keys.is_scan_id(scan_id):
         raise PackageError(f"job payload has no valid scan id ({scan_id!r})")
-    options = _options(context.payload)
     started = time.perf_counter()
+    weights = None
+    weights_job = (context.payload.get("options") or {}).get("weights_job")
+    if weights_job is not None:
+        weights = context.work_dir / keys.WEIGHTS_NAME
+        context.backend.store.get_file(keys.weights(weights_job), weights)
+        context.log(f"applying the weights of {weights_job}")
+    options = _options(context.payload, weights)
     source = context.work_dir / "scan.h5"
-    context.backend.store.get_file(f"{PREPROCESSED}/{scan_id}.h5", source)
+    context.backend.store.get_file(keys.preprocessed(scan_id), source)
     scan = read_fastmri(source)
     read_s = time.perf_counter() - started
     context.log(f"reconstructing with {options.method or 'the default method'}")
@@ -151,17 +159,11 @@ def run_recon(context: StageContext) -> dict[str, Any]:
         "tool": f"mrictl {__version__}",
     }
     write_json(out_dir / RESULT_NAME, summary)
-    context.pause_for_tests()
     files = sorted(
         (path for path in out_dir.rglob("*") if path.is_file()),
         key=lambda path: (path.name == RESULT_NAME, path.as_posix()),
     )
-    outputs = []
-    for path in files:
-        key = context.output_prefix + path.relative_to(out_dir).as_posix()
-        context.publish(path, key)
-        outputs.append(key)
-    context.log(f"published {len(outputs)} output file(s)")
+    outputs = context.publish_outputs(out_dir, files)
     return {
         "scan_id": scan_id,
         "method": attrs.get("method"),

@@ -1,0 +1,97 @@
+"""Every object key in the project, built in this one module.
+
+A key is made only of content-derived scan ids (`scan-` + 16 hex digits of the files' SHA-256s),
+backend-made job ids (`job-` + 16 hex digits) and names this code chooses, so no patient
+identifier (a name in a file name, an MRN, a study UID) can reach a key, a bucket listing or an
+S3 event. The same keys serve the local folder and S3: the first component is the area, which
+the AWS backend maps onto its buckets (raw, preprocessed, reconstructed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+UPLOADS = "uploads"  # raw scan packages as the workstation sent them (tar + manifest)
+PREPROCESSED = "preprocessed"  # the canonical fastMRI HDF5 of each scan
+RECONSTRUCTED = "reconstructed"  # a recon job's outputs (image, DICOM, NIfTI, PNG, report)
+WEIGHTS = "weights"  # a train job's outputs (the networks and their result.json)
+AREAS = (UPLOADS, PREPROCESSED, RECONSTRUCTED, WEIGHTS)
+
+SCAN_ID = re.compile(r"^scan-[0-9a-f]{16}$")
+JOB_ID = re.compile(r"^job-[0-9a-f]{16}$")
+_NAME_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_UPLOAD_KEY = re.compile(rf"^{UPLOADS}/(scan-[0-9a-f]{{16}})\.tar$")
+
+
+class InvalidKeyPart(ValueError):
+    """An id or name that cannot be part of a key."""
+
+
+def is_scan_id(text: object) -> bool:
+    return isinstance(text, str) and bool(SCAN_ID.fullmatch(text))
+
+
+def is_job_id(text: object) -> bool:
+    return isinstance(text, str) and bool(JOB_ID.fullmatch(text))
+
+
+def _scan(scan_id: str) -> str:
+    if not is_scan_id(scan_id):
+        raise InvalidKeyPart(f"not a scan id: {scan_id!r}")
+    return scan_id
+
+
+def _job(job_id: str) -> str:
+    if not is_job_id(job_id):
+        raise InvalidKeyPart(f"not a job id: {job_id!r}")
+    return job_id
+
+
+def upload(scan_id: str) -> str:
+    """The raw package of a scan: `uploads/<scan_id>.tar`."""
+    return f"{UPLOADS}/{_scan(scan_id)}.tar"
+
+
+def scan_id_of_upload(key: str) -> str | None:
+    """The scan id of an upload key (as an S3 event names it), or None for any other key."""
+    match = _UPLOAD_KEY.fullmatch(key)
+    return match.group(1) if match else None
+
+
+def preprocessed(scan_id: str) -> str:
+    """The canonical HDF5 of a scan: `preprocessed/<scan_id>.h5`."""
+    return f"{PREPROCESSED}/{_scan(scan_id)}.h5"
+
+
+def outputs_prefix(area: str, job_id: str) -> str:
+    """Where one job's outputs live: `<area>/<job_id>/` (reconstructed or weights)."""
+    if area not in (RECONSTRUCTED, WEIGHTS):
+        raise InvalidKeyPart(f"no job outputs in area {area!r}")
+    return f"{area}/{_job(job_id)}/"
+
+
+def output(area: str, job_id: str, relative_name: str) -> str:
+    """One output file of a job; `relative_name` is a name this code chose (`dicom/0001.dcm`)."""
+    parts = relative_name.split("/")
+    if not all(_NAME_PART.fullmatch(part) for part in parts):
+        raise InvalidKeyPart(f"not a safe output name: {relative_name!r}")
+    return outputs_prefix(area, job_id) + relative_name
+
+
+WEIGHTS_NAME = "weights.pt"
+
+
+def weights(job_id: str) -> str:
+    """The networks a train job fitted: `weights/<job_id>/weights.pt`."""
+    return output(WEIGHTS, job_id, WEIGHTS_NAME)
+
+
+def idempotency_of_upload(scan_id: str) -> str:
+    """The one preprocess job of an upload, whether the CLI or an S3 event queues it."""
+    return f"{UPLOADS}/{_scan(scan_id)}"
+
+
+def names_under(prefix: str, keys: Iterable[str]) -> list[str]:
+    """The relative names of `keys` below `prefix` (the files of one job's outputs)."""
+    return [key.removeprefix(prefix) for key in keys if key.startswith(prefix)]
