@@ -30,8 +30,8 @@ from raki.errors import InvalidScanError
 from raki.fft import rss_image
 from raki.grappa import reconstruct_grappa
 from raki.io import read_scan
-from raki.metrics import evaluate
 from raki.methods import default_method_for
+from raki.metrics import evaluate
 from raki.sampling import rounded_spacing_mask, undersample
 from raki.scan import Scan
 

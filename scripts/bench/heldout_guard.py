@@ -32,9 +32,9 @@ from raki.fft import rss_image
 from raki.fit import denormals_flushed, network_error_norms
 from raki.grappa import reconstruct_grappa
 from raki.io import read_scan
+from raki.methods import apply_weights
 from raki.metrics import nmse
 from raki.phantom import simulate_scan
-from raki.methods import apply_weights
 from raki.runtime import tune_process
 from raki.scan import Scan
 from raki.train import TrainingConfig, _start_networks, train_scan

@@ -34,10 +34,10 @@ from grappa_peer import data_folder, machine
 from raki.fft import rss_image
 from raki.grappa import reconstruct_grappa
 from raki.io import read_scan
+from raki.methods import blind_spots, fill_slice, lattice_offset
 from raki.metrics import nmse
 from raki.model import RECEPTIVE_KX, RECEPTIVE_LATTICE_LINES
 from raki.phantom import simulate_scan
-from raki.methods import blind_spots, fill_slice, lattice_offset
 from raki.scan import Scan
 from raki.train import TrainingConfig, _start_networks
 

@@ -27,9 +27,9 @@ from grappa_peer import data_folder, machine, pygrappa_filled
 
 from raki.fft import rss_image
 from raki.io import read_scan
+from raki.methods import default_method_for, reconstruct
 from raki.metrics import evaluate
 from raki.phantom import simulate_scan
-from raki.methods import default_method_for, reconstruct
 from raki.scan import Scan
 from raki.train import TrainingConfig
 

@@ -34,10 +34,10 @@ import torch
 from raki.coils import compress_scan, fit_compression
 from raki.device import has_native_bf16
 from raki.fft import rss_image
+from raki.methods import reconstruct
 from raki.metrics import nmse
 from raki.model import RakiNetworks, build_networks, to_channels
 from raki.phantom import simulate_scan
-from raki.methods import reconstruct
 from raki.runtime import tune_process
 from raki.scan import Scan
 from raki.train import TrainingConfig, acs_scale, network_error_norms, training_pair

@@ -34,10 +34,10 @@ from speed import machine
 from raki.device import resolve_device
 from raki.fft import rss_image
 from raki.grappa import fit_grappa
+from raki.methods import apply_weights
 from raki.metrics import nmse
 from raki.oversampling import cropped_readout
 from raki.phantom import simulate_scan
-from raki.methods import apply_weights
 from raki.runtime import tune_process
 from raki.scan import Scan
 from raki.train import TrainingConfig, train_scan
