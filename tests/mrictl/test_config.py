@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,61 @@ def test_worker_run_takes_its_lease_from_the_config_file(monkeypatch, tmp_path):
     assert outcome.exit_code == 0, outcome.stderr
     assert seen["lease_seconds"] == 7
     assert invoke("worker", "run", "--stage", "bogus", "--json").exit_code == ExitCode.USAGE
+
+
+def test_backend_sections_from_file_environment_and_flags(monkeypatch, tmp_path):
+    monkeypatch.delenv("MRICTL_HOME")
+    write_config(
+        '[mrictl]\nbackend = "aws"\n[local]\n'
+        f'home = "{tmp_path / "file-home"}"\n'
+        '[aws]\nregion = "eu-west-1"\nstack_prefix = "mrictl-prod"\n'
+    )
+    settings = load_settings()
+    assert settings.backend == "aws" and settings.home == tmp_path / "file-home"
+    assert settings.aws.region == "eu-west-1" and settings.aws.stack_prefix == "mrictl-prod"
+    assert settings.aws.endpoint_url is None and settings.aws.profile is None
+    monkeypatch.setenv("MRICTL_AWS_REGION", "us-east-1")
+    monkeypatch.setenv("MRICTL_AWS_ENDPOINT_URL", "http://127.0.0.1:5000")
+    settings = load_settings(aws={"profile": "it"}, home=tmp_path / "flag-home")
+    assert settings.aws.region == "us-east-1" and settings.aws.profile == "it"
+    assert settings.aws.endpoint_url == "http://127.0.0.1:5000"
+    assert settings.home == tmp_path / "flag-home"
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ('[aws]\nbucket = "x"\n', "unknown keys: aws.bucket"),
+        ("[aws]\nregion = 5\n", "aws.region must be a string"),
+        ('aws = "eu-west-1"\n', "[aws] must be a table"),
+    ],
+)
+def test_bad_backend_sections_are_usage_errors(text, problem):
+    write_config(text)
+    with pytest.raises(MrictlError, match=re.escape(problem)) as caught:
+        load_settings()
+    assert caught.value.exit_code == ExitCode.USAGE
+
+
+def test_aws_clients_come_from_the_settings_alone(monkeypatch):
+    """The factory passes the settings' endpoint and region; a stray AWS_* variable does not
+    redirect a test's clients, and nothing is created before it is asked for."""
+    from mrictl.backends import AwsClients
+    from mrictl.config import AwsSettings
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    clients = AwsClients(AwsSettings(region="eu-central-1", endpoint_url="http://127.0.0.1:5999"))
+    assert clients._clients == {}
+    s3 = clients.client("s3")
+    assert s3.meta.endpoint_url == "http://127.0.0.1:5999"
+    assert s3.meta.region_name == "eu-central-1"
+    assert s3.meta.config.retries["mode"] == "standard"
+    assert clients.client("s3") is s3
+
+
+def test_the_aws_backend_is_refused_until_it_exists(tmp_path):
+    outcome = invoke("recon", "status", "--backend", "aws", "--json")
+    assert outcome.exit_code == ExitCode.BACKEND
+    assert "not available" in outcome.json()["error"]["message"]
