@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from mrictl.recon_service import check_method_and_device
+from mrictl.choices import check_method_and_device
 from raki.methods import reconstruct
 from raki.phantom import simulate_scan
 

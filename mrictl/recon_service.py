@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
+from mrictl.choices import check_method_and_device
 from mrictl.errors import ExitCode, MrictlError
-from raki.device import DEVICES, is_device_name, resolve_device
+from raki.device import resolve_device
 from raki.errors import InvalidScanError
 from raki.fft import rss_image
 from raki.io import read_scan
 from raki.io.image_hdf5 import write_reconstruction
 from raki.methods import (
     DEFAULT_METHOD,
-    METHODS,
     MethodChoice,
     ProgressCallback,
     ReconResult,
@@ -60,22 +60,6 @@ class ReconOptions:
 
     def training_config(self) -> TrainingConfig:
         return training_config(self.training)
-
-
-def check_method_and_device(
-    method: str | None, device: str, methods: tuple[str, ...] = METHODS
-) -> None:
-    """A usage error for a method or device name that does not exist, checked before any file
-    is read (a typo must not cost a training run), whichever method runs."""
-    if method is not None and method not in methods:
-        raise MrictlError(
-            f"unknown method {method!r}; choose one of {', '.join(methods)}", ExitCode.USAGE
-        )
-    if not is_device_name(device):
-        raise MrictlError(
-            f"unknown device {device!r}; choose one of {', '.join(DEVICES)} (or cuda:N)",
-            ExitCode.USAGE,
-        )
 
 
 def training_config(overrides: dict[str, Any]) -> TrainingConfig:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mrictl.recon_service import check_method_and_device, prepare_scan, training_config
+from mrictl.choices import check_method_and_device
+from mrictl.recon_service import prepare_scan, training_config
 from raki.io import read_scan
 from raki.methods import ProgressCallback
 from raki.train import NEURAL_METHODS, train_scan

@@ -6,14 +6,8 @@ from pathlib import Path
 
 import torch
 
+from raki.device_names import DEVICES, is_device_name
 from raki.errors import DeviceUnavailableError
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def is_device_name(name: str) -> bool:
-    """ "auto", "cpu", "cuda" or "cuda:N": what `resolve_device` understands."""
-    return name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())
 
 
 def resolve_device(name: str = "auto") -> torch.device:

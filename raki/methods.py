@@ -49,6 +49,7 @@ from raki.grappa import (
     closer_than_lattice,
     reconstruct_grappa,
 )
+from raki.method_names import DEFAULT_METHOD, METHODS, NEURAL_METHODS
 from raki.model import (
     KX_MARGIN,
     RECEPTIVE_LATTICE_LINES,
@@ -62,11 +63,8 @@ from raki.oversampling import restore_readout
 from raki.power_ceiling import limit_line_power
 from raki.sampling import minimum_acs_lines
 from raki.scan import Scan
-from raki.train import NEURAL_METHODS, TrainingConfig, check_trainable, train_scan
+from raki.train import TrainingConfig, check_trainable, train_scan
 from raki.weights import RakiWeights
-
-METHODS = ("raki", "rraki", "grappa", "zerofill")
-DEFAULT_METHOD = "rraki"
 
 ProgressCallback = Callable[[dict[str, float]], None]
 

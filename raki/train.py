@@ -45,6 +45,7 @@ from raki.fit import (
 )
 from raki.grappa import DEFAULT_KERNEL_SIZE, automatic_lambda, fit_grappa
 from raki.linear_branch import fit_linear_kernel, linear_rate_scale
+from raki.method_names import NEURAL_METHODS
 from raki.model import (
     HIDDEN_CHANNELS,
     KX_MARGIN,
@@ -84,7 +85,6 @@ __all__ = [  # the loop's names stay importable from here, where callers first m
     "training_pair",
 ]
 
-NEURAL_METHODS = ("raki", "rraki")
 PRECISIONS = ("auto", "fp32", "bf16")
 MAX_GPU_SLICE_BATCH = 16
 

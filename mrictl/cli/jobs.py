@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.live import Live
 
 from mrictl.cli.common import (
     BackendOption,
@@ -155,6 +154,8 @@ def watch(
 ) -> None:
     """A live table of jobs until none is queued or running (one snapshot off a TTY, unless
     --timeout is given: then it waits up to that long there too, and exits 8 if jobs remain)."""
+    from rich.live import Live
+
     from mrictl.pipeline import jobs
 
     output = Output(json)

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from mrictl import scans
 from mrictl.cli.common import AxisOrderOption, JsonFlag
 from mrictl.cli.paths import check_output
 from mrictl.errors import ExitCode, MrictlError
@@ -47,6 +46,8 @@ def _render(output: Output, document: dict, title: str) -> None:
 @app.command("info")
 def info(path: ExistingFile, axis_order: AxisOrderOption = None, json: JsonFlag = False) -> None:
     """Describe a scan file: format, coils, matrix, sampled lines, R and ACS."""
+    from mrictl import scans
+
     _render(Output(json), scans.describe_scan_file(path, axis_order=axis_order), path.name)
 
 
@@ -63,6 +64,8 @@ def simulate(
     json: JsonFlag = False,
 ) -> None:
     """Write a multi-coil phantom scan (fully sampled unless --accel is given)."""
+    from mrictl import scans
+
     document = scans.simulate_scan_file(
         out,
         matrix=parse_matrix(matrix),
@@ -94,6 +97,8 @@ def undersample(
     json: JsonFlag = False,
 ) -> None:
     """Retrospectively undersample a fully sampled scan (every R-th line + centred ACS)."""
+    from mrictl import scans
+
     check_output(out, (path,))
     document = scans.undersample_scan_file(
         path, out, acceleration=accel, acs_lines=acs, axis_order=axis_order, spacing=spacing.value
@@ -113,6 +118,7 @@ def convert(
 ) -> None:
     """Convert a scan between formats (fastMRI HDF5, ISMRMRD/MRD, ...)."""
     check_output(out, (source,), flag="the output")
+    from mrictl import scans
     from raki.io import WRITABLE_FORMATS, format_from_suffix
 
     if to is None and format_from_suffix(out) is None:

@@ -1,5 +1,7 @@
 """Requests for queued work, checked before anything is queued: a typo must fail at submit,
-not after a queue wait on a GPU. Shared by the upload flow and the job service functions."""
+not after a queue wait on a GPU. Shared by the upload flow and the job service functions.
+Names are checked without torch (`recon submit` starts at once); only training settings,
+when given, load the science that defines them."""
 
 from __future__ import annotations
 
@@ -8,7 +10,9 @@ from typing import Any
 
 from mrictl import keys
 from mrictl.backends.base import Backend
+from mrictl.choices import check_method_and_device
 from mrictl.errors import ExitCode, MrictlError
+from raki.method_names import DEFAULT_METHOD, METHODS, NEURAL_METHODS
 
 # Options a recon job accepts, with their types; anything else is refused at submit.
 RECON_OPTIONS: dict[str, type] = {
@@ -26,8 +30,6 @@ TRAIN_OPTIONS = ("acceleration", "acs_lines", "device", "iterations", "training"
 
 def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Check a method and its options before anything is queued; returns the payload part."""
-    from raki.methods import DEFAULT_METHOD, METHODS
-
     if (method or DEFAULT_METHOD) not in METHODS:
         raise MrictlError(
             f"unknown method {method!r}; choose one of {', '.join(METHODS)}", ExitCode.USAGE
@@ -58,8 +60,6 @@ def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict
             clean[name] = dict(value)
             continue
         if name == "device":
-            from mrictl.recon_service import check_method_and_device
-
             check_method_and_device(None, value)  # a typo fails now, not after a queue wait
         if name == "weights_job" and not keys.is_job_id(value):
             raise MrictlError(f"{value!r} is not a job id (job-...)", ExitCode.USAGE)
@@ -80,8 +80,6 @@ def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict
 
 def train_request(method: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Check a training request (a neural method, recon's options but `compare`)."""
-    from raki.train import NEURAL_METHODS
-
     if method not in NEURAL_METHODS:
         raise MrictlError(
             f"cannot train {method!r}; choose one of {', '.join(NEURAL_METHODS)}", ExitCode.USAGE

@@ -6,20 +6,20 @@ one-line message names the file (base name only) and what is wrong, including k-
 Scan model refuses (non-finite values, an empty mask ...).
 
 Formats: fastmri (`raki.io.fastmri`), mrd (`raki.io.mrd`), twix (`raki.io.twix`, read only),
-mat, npy (read only) and npz (`raki.io.arrays`).
+mat, npy (read only) and npz (`raki.io.arrays`). Each format's module is imported when a file
+of that format is read or written, so reading a fastMRI file loads neither twixtools nor scipy.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from raki.errors import FileFormatError
-from raki.io.arrays import read_array_scan, write_npz
 from raki.io.detect import check_readable, detect_format
-from raki.io.fastmri import read_fastmri, write_fastmri
-from raki.io.mrd import read_mrd, write_mrd
-from raki.io.twix import read_twix
-from raki.scan import Scan
+
+if TYPE_CHECKING:
+    from raki.scan import Scan
 
 __all__ = [
     "ARRAY_FORMATS",
@@ -64,6 +64,8 @@ def read_scan(
             path, f"unknown format {file_format!r} (readable: {', '.join(FORMATS)})"
         )
     if file_format in ARRAY_FORMATS:
+        from raki.io.arrays import read_array_scan
+
         return read_array_scan(path, file_format, axis_order=axis_order, variable=variable)
     for option, value in (("axis_order", axis_order), ("variable", variable)):
         if value is not None:
@@ -71,9 +73,15 @@ def read_scan(
                 path, f"{option} applies to array files (mat, npy, npz), not to {file_format}"
             )
     if file_format == "fastmri":
+        from raki.io.fastmri import read_fastmri
+
         return read_fastmri(path)
     if file_format == "mrd":
+        from raki.io.mrd import read_mrd
+
         return read_mrd(path)
+    from raki.io.twix import read_twix
+
     return read_twix(path)
 
 
@@ -102,7 +110,12 @@ def write_scan(scan: Scan, path: str | Path, *, format: str | None = None) -> Pa
         )
     if not path.parent.is_dir():
         raise FileFormatError(path, "the folder to write into does not exist")
-    writer = {"fastmri": write_fastmri, "mrd": write_mrd, "npz": write_npz}[file_format]
+    if file_format == "fastmri":
+        from raki.io.fastmri import write_fastmri as writer
+    elif file_format == "mrd":
+        from raki.io.mrd import write_mrd as writer
+    else:
+        from raki.io.arrays import write_npz as writer
     try:
         return writer(scan, path)
     except OSError as exc:

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import scipy.io
 
 from raki.errors import FileFormatError, InvalidScanError
 from raki.io.atomic import atomic_output
@@ -321,6 +320,8 @@ def _load_mat(path: Path, variable: str | None) -> tuple[str, np.ndarray]:
         preamble = handle.read(128)
     if preamble[124:126] in (_MATLAB_V73, _MATLAB_V73[::-1]):
         return _load_mat73(path, variable)
+    import scipy.io  # here, not at the top: only MATLAB v5 files need scipy
+
     try:
         contents = scipy.io.loadmat(path, squeeze_me=False)
     except NotImplementedError:

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import twixtools
 
 from raki.errors import FileFormatError, InvalidScanError, MissingFileError
 from raki.io.lines import Readouts, assemble, place_readout, readout_width, scan_from_grid
@@ -153,6 +152,8 @@ def _check_measurement_blocks(path: Path) -> None:
 
 def _load(path: Path) -> dict:
     """twixtools' view of the last measurement, with its console output silenced."""
+    import twixtools  # here, not at the top: it loads scipy and matplotlib (0.7 s)
+
     try:
         with (
             contextlib.redirect_stdout(io.StringIO()),

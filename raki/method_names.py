@@ -1,0 +1,12 @@
+"""The reconstruction methods by name, without the science behind them (no numpy, no torch).
+
+Options, help texts and request checks name methods before anything is computed; the methods
+themselves are in `raki.methods`, which re-exports these names.
+"""
+
+from __future__ import annotations
+
+METHODS = ("raki", "rraki", "grappa", "zerofill")
+DEFAULT_METHOD = "rraki"
+# The methods whose networks are trained on the ACS (`raki.train`).
+NEURAL_METHODS = ("raki", "rraki")
