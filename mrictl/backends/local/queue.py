@@ -150,14 +150,13 @@ class LocalJobQueue:
             self._expire_leases(connection, now, job_id=job_id)
             row = self._row(connection, job_id)
             state = JobState(row["state"])
-            if state is JobState.RUNNING:
-                raise ConflictError(
-                    f"{job_id} is running on {row['worker_id']} (its lease is live)"
-                )
-            if state is not JobState.QUEUED:
-                detail = f": {row['error']}" if row["error"] else ""
-                raise ConflictError(f"{job_id} already {state.value}{detail}")
-            return self._lease(connection, job_id, worker_id, lease_seconds, now)
+            if state is JobState.QUEUED:
+                return self._lease(connection, job_id, worker_id, lease_seconds, now)
+        # Raised after the commit: a lease that expired on its last attempt stays dead-lettered.
+        if state is JobState.RUNNING:
+            raise ConflictError(f"{job_id} is running on {row['worker_id']} (its lease is live)")
+        detail = f": {row['error']}" if row["error"] else ""
+        raise ConflictError(f"{job_id} already {state.value}{detail}")
 
     def _lease(
         self,
