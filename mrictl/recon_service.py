@@ -30,7 +30,7 @@ from raki.methods import (
     reconstruct,
 )
 from raki.metrics import evaluate
-from raki.scan import Scan
+from raki.scan import Scan, check_measured
 from raki.train import TrainingConfig
 
 
@@ -114,8 +114,10 @@ def prepare_scan(
     """The scan to reconstruct and, for a fully sampled input, its reference RSS image.
 
     A zero-padded input (one block of lines, zeros either side) is fully sampled as far as it
-    was acquired: its padding counts as measured zeros.
+    was acquired: its padding counts as measured zeros. All-zero k-space is refused
+    (InvalidScanError): it would reconstruct as a blank image that looks like a result.
     """
+    check_measured(scan)
     if scan.is_zero_padded:
         scan = scan.padding_as_measured()
     if scan.is_fully_sampled:

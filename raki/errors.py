@@ -23,7 +23,9 @@ class FileFormatError(RakiError):
     def __init__(self, path: str | Path, reason: str) -> None:
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path.name}: {reason}")
+        # "." or "..": the folder's own name (still a base name), never an empty one.
+        name = self.path.name or self.path.resolve().name or str(self.path)
+        super().__init__(f"{name}: {reason}")
 
 
 class MissingFileError(FileFormatError):
@@ -31,6 +33,14 @@ class MissingFileError(FileFormatError):
 
     def __init__(self, path: str | Path, reason: str = "no such file") -> None:
         super().__init__(path, reason)
+
+
+class NotAFileError(FileFormatError):
+    """The path names a folder, a device, a FIFO or a socket where a scan file is expected.
+
+    A usage error rather than a bad file: nothing was read (a FIFO would block the reader, a
+    device would be read without end), and the fix is to name a file.
+    """
 
 
 class DeviceUnavailableError(RakiError):

@@ -274,3 +274,13 @@ class Scan:
             "readout_oversampling": self.geometry.readout_oversampling,
             "protocol": self.protocol,
         }
+
+
+def check_measured(scan: Scan) -> None:
+    """InvalidScanError when every k-space sample is zero (a file of zeros, a failed export).
+
+    Such a scan would reconstruct as a blank image that looks like a result. A scan with only
+    some empty slices is still measured: those slices reconstruct as zeros.
+    """
+    if not scan.kspace.any():
+        raise InvalidScanError("k-space is all zeros: nothing was measured")

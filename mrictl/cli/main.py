@@ -36,7 +36,9 @@ def exit_code_for(error: BaseException) -> ExitCode:
         return ExitCode.CONFLICT
     if isinstance(error, MissingFileError):
         return ExitCode.NOT_FOUND
-    if isinstance(error, DeviceUnavailableError):
+    from raki.errors import NotAFileError  # a folder or a device named where a file is expected
+
+    if isinstance(error, DeviceUnavailableError | NotAFileError):
         return ExitCode.USAGE
     if isinstance(error, FileFormatError | InvalidScanError | RakiError):
         return ExitCode.BAD_INPUT

@@ -4,7 +4,8 @@ the package into a mounted share folder (an AWS Storage Gateway file share).
 Uploading is idempotent: the package is named by the content-derived scan id, the preprocess
 job by an idempotency key of the upload (`mrictl.keys.idempotency_of_upload`), so the CLI and
 an S3 event of the same upload make one job, and uploading again replaces only a stored
-package whose bytes no longer match their checksum.
+package whose bytes no longer match their checksum. A scan that could only fail in the cloud
+(all-zero k-space, a Study Instance UID a PACS refuses) is refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mrictl import keys
 from mrictl.backends.base import Backend, JobState
@@ -27,6 +28,9 @@ from mrictl.pipeline.package import (
     write_package,
 )
 from mrictl.pipeline.requests import enqueue_preprocess, recon_request
+
+if TYPE_CHECKING:
+    from raki.scan import Scan
 
 
 @dataclass(frozen=True)
@@ -57,27 +61,61 @@ def _quiet(_: str) -> None:
 
 
 def _checked_inputs(paths: Sequence[Path]) -> list[Path]:
+    """The paths, each a readable regular file, by the one rule every reader follows
+    (`raki.io.check_input_file`), with the exit codes the CLI gives raki's errors."""
+    from raki.errors import FileFormatError, MissingFileError, NotAFileError
+    from raki.io.paths import check_input_file
+
     if not paths:
         raise MrictlError("no scan files given", ExitCode.USAGE)
-    paths = [Path(path) for path in paths]
+    checked = []
     for path in paths:
-        name = path.name or path.resolve().name or str(path)
-        if path.is_dir():
-            message = f"{name}: is a folder; give the scan's files"
-            raise MrictlError(message, ExitCode.USAGE)
-        if not path.is_file():
-            raise MrictlError(f"{name}: no such file", ExitCode.NOT_FOUND)
-    return paths
+        try:
+            checked.append(check_input_file(path))
+        except MissingFileError as error:
+            raise MrictlError(str(error), ExitCode.NOT_FOUND) from None
+        except NotAFileError as error:
+            raise MrictlError(str(error), ExitCode.USAGE) from None
+        except FileFormatError as error:
+            raise MrictlError(str(error), ExitCode.BAD_INPUT) from None
+    return checked
+
+
+def _check_sendable(scan: Scan, name: str) -> None:
+    """Refuse, before anything is sent, a scan that could only fail later in the cloud.
+
+    All-zero k-space would reconstruct as a blank image. An invalid Study Instance UID would
+    fail the last stage (a PACS refuses the series): it is refused here rather than replaced,
+    because a made-up study would file the series apart from the patient's own study. The
+    message never quotes the UID (identifiers stay out of errors and logs).
+    """
+    from raki.errors import InvalidScanError
+    from raki.io.dicom import is_valid_uid
+    from raki.scan import check_measured
+
+    try:
+        check_measured(scan)
+    except InvalidScanError as error:
+        raise MrictlError(f"{name}: {error}", ExitCode.BAD_INPUT) from None
+    study_uid = scan.identifiers.study_instance_uid
+    if study_uid is not None and not is_valid_uid(study_uid):
+        raise MrictlError(
+            f"{name}: the Study Instance UID in the scan's header is not a valid DICOM UID "
+            "(a PACS would refuse the series): correct or remove it, then upload again",
+            ExitCode.BAD_INPUT,
+        )
 
 
 def _manifest_of(
     inputs: Sequence[Path], hashes: Sequence[tuple[int, str]], read_options: dict[str, str]
 ) -> Manifest:
-    """Read the scan (the first file) for its summary and every file's format."""
+    """Read the scan (the first file) for its summary and every file's format; refuse a scan
+    that cannot be reconstructed and filed (`_check_sendable`)."""
     from raki.io import detect_format, read_scan
 
     formats = [detect_format(path) for path in inputs]
     scan = read_scan(inputs[0], **read_options)
+    _check_sendable(scan, inputs[0].name)
     return describe(inputs, hashes, formats, scan.summary(), read_options)
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from raki.errors import FileFormatError
 from raki.io.detect import check_readable, detect_format
+from raki.io.paths import check_input_file
 
 if TYPE_CHECKING:
     from raki.scan import Scan
@@ -25,6 +26,7 @@ __all__ = [
     "ARRAY_FORMATS",
     "FORMATS",
     "WRITABLE_FORMATS",
+    "check_input_file",
     "detect_format",
     "format_from_suffix",
     "read_scan",

@@ -36,6 +36,7 @@ import numpy as np
 from raki.errors import FileFormatError, InvalidScanError
 from raki.io.atomic import atomic_output
 from raki.io.hdf5 import as_complex, open_hdf5, read_array
+from raki.io.paths import check_input_file
 from raki.sampling import AcsBlock
 from raki.scan import Geometry, Identifiers, Scan
 
@@ -68,6 +69,7 @@ def read_array_scan(
     path: Path, file_format: str, *, axis_order: str | None = None, variable: str | None = None
 ) -> Scan:
     """The scan held as one array in a .mat, .npy or .npz file."""
+    path = check_input_file(path)
     extras: dict[str, np.ndarray] = {}
     if file_format == "npy":
         name, array = "array", _load_npy(path)

@@ -19,6 +19,7 @@ import h5py
 
 from raki.errors import FileFormatError, MissingFileError
 from raki.io.hdf5 import open_hdf5
+from raki.io.paths import check_input_file
 from raki.io.twix import measurement_offsets
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -28,7 +29,7 @@ _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 
 def detect_format(path: str | Path) -> str:
     """One of "fastmri", "mrd", "twix", "mat", "npy", "npz"; FileFormatError otherwise."""
-    path = Path(path)
+    path = check_input_file(path)
     head = _read_head(path, 8192)
     if not head:
         raise FileFormatError(path, "is empty")
@@ -50,8 +51,9 @@ def detect_format(path: str | Path) -> str:
 
 
 def check_readable(path: Path) -> None:
-    """FileFormatError when `path` is missing, a folder, or unreadable."""
-    _read_head(path, 1)
+    """FileFormatError when `path` is missing, not a regular file, or unreadable
+    (`raki.io.paths.check_input_file`)."""
+    check_input_file(path)
 
 
 def _read_head(path: Path, size: int) -> bytes:
@@ -60,8 +62,6 @@ def _read_head(path: Path, size: int) -> bytes:
             return handle.read(size)
     except FileNotFoundError:
         raise MissingFileError(path) from None
-    except IsADirectoryError:
-        raise FileFormatError(path, "is a folder, not a scan file") from None
     except PermissionError:
         raise FileFormatError(path, "cannot be read (permission denied)") from None
     except OSError as exc:

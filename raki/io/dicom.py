@@ -58,6 +58,8 @@ AXIAL_READ_DIR = (0.0, 1.0, 0.0)
 AXIAL_PHASE_DIR = (1.0, 0.0, 0.0)
 DEIDENTIFICATION_METHOD = "mrictl: source held no patient identifiers; placeholders written"
 MAX_STORED = 65535
+MAX_UID_LENGTH = 64
+_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 SERIES_FILE = re.compile(r"IM\d{4,}\.dcm")
 
 
@@ -240,13 +242,23 @@ def _sex(value: str | None) -> str:
     return first if first in {"M", "F", "O"} else ""
 
 
+def is_valid_uid(value: str) -> bool:
+    """Whether `value` (padding spaces aside) is a DICOM UID: dot-separated numbers without
+    leading zeros, at most 64 characters (PS3.5 section 9.1).
+
+    Checked here rather than by pydicom's `UID`, which warns (to stderr and its logger) with
+    the value quoted, and a study's UID must not reach logs.
+    """
+    value = value.strip()
+    return len(value) <= MAX_UID_LENGTH and _UID.fullmatch(value) is not None
+
+
 def _valid_uid(value: str | None, what: str) -> str | None:
     if value is None:
         return None
-    uid = UID(value.strip())
-    if not uid.is_valid:
+    if not is_valid_uid(value):
         raise InvalidScanError(f"{what} is not a valid DICOM UID")
-    return str(uid)
+    return value.strip()
 
 
 def _window(image: np.ndarray) -> tuple[float, float]:

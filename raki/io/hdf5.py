@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from raki.errors import FileFormatError, MissingFileError
+from raki.io.paths import check_input_file
 
 # A compressed dataset may expand at most this much (zero-filled undersampled k-space
 # compresses by roughly R; nothing real compresses a thousand-fold).
@@ -24,6 +25,7 @@ MAX_COMPRESSION_RATIO = 1000
 @contextmanager
 def open_hdf5(path: Path) -> Iterator[h5py.File]:
     """The file opened read-only; FileFormatError when it is not a readable HDF5 file."""
+    check_input_file(path)
     try:
         handle = h5py.File(path, "r")
     except FileNotFoundError:

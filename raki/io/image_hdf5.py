@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 
 from raki.errors import FileFormatError
+from raki.io.paths import check_input_file
 
 DATASET = "reconstruction"
 
@@ -50,7 +51,7 @@ def write_reconstruction(path: str | Path, image: np.ndarray, attrs: dict[str, A
 
 def read_reconstruction(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
     """The image and attrs of a reconstruction file (JSON attrs decoded)."""
-    path = Path(path)
+    path = check_input_file(path)
     try:
         with h5py.File(path, "r") as handle:
             if DATASET not in handle:

@@ -32,6 +32,7 @@ import numpy as np
 
 from raki.errors import FileFormatError, InvalidScanError, MissingFileError
 from raki.io.lines import Readouts, assemble, place_readout, readout_width, scan_from_grid
+from raki.io.paths import check_input_file
 from raki.scan import Geometry, Identifiers, Scan
 
 _SKIPPED = (
@@ -57,7 +58,7 @@ _ACQEND, _SYNCDATA = 1 << 0, 1 << 5
 
 def read_twix(path: str | Path) -> Scan:
     """The image scan of a Siemens raw data file."""
-    path = Path(path)
+    path = check_input_file(path)
     _check_measurement_blocks(path)
     measurement = _load(path)
     try:
