@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from raki import __version__
-from raki.errors import FileFormatError, IncompatibleWeightsError, MissingFileError
+from raki.errors import FileFormatError, IncompatibleWeightsError
 from raki.grappa import GrappaKernel
+from raki.io.paths import check_input_file
 from raki.oversampling import crop_readout
 from raki.scan import Scan
 
@@ -161,10 +162,7 @@ class RakiWeights:
     def load(cls, path: str | Path) -> RakiWeights:
         """Read weights written by `save`; FileFormatError if the file is not such a file."""
         path = Path(path)
-        if not path.exists():
-            raise MissingFileError(path, "no such weights file")
-        if not path.is_file():
-            raise FileFormatError(path, "is a folder, not a weights file")
+        check_input_file(path)  # the one rule for missing files, folders and devices
         _check_archive(path)
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)

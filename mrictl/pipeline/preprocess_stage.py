@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mrictl import keys
 from mrictl.pipeline.package import ExtractLimits, Manifest, PackageError, extract_package
+from mrictl.pipeline.upload import unsendable_reason
 
 if TYPE_CHECKING:
     from mrictl.pipeline.context import StageContext
@@ -65,6 +66,9 @@ def convert(manifest: Manifest, folder: Path, canonical: Path) -> dict[str, Any]
         scan = read_scan(folder / manifest.scan_file, **manifest.read_options)
     except (FileFormatError, InvalidScanError) as error:
         raise PackageError(without_file_names(str(error), manifest)) from None
+    reason = unsendable_reason(scan)  # a package that did not come through `mrictl upload`
+    if reason is not None:
+        raise PackageError(f"the scan cannot be reconstructed and filed: {reason}")
     write_fastmri(scan, canonical)
     return scan.summary()
 

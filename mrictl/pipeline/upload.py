@@ -81,13 +81,14 @@ def _checked_inputs(paths: Sequence[Path]) -> list[Path]:
     return checked
 
 
-def _check_sendable(scan: Scan, name: str) -> None:
-    """Refuse, before anything is sent, a scan that could only fail later in the cloud.
+def unsendable_reason(scan: Scan) -> str | None:
+    """Why a scan could only fail later in the cloud, or None: checked at upload, before
+    anything is sent, and again by preprocess for packages that arrive another way.
 
     All-zero k-space would reconstruct as a blank image. An invalid Study Instance UID would
-    fail the last stage (a PACS refuses the series): it is refused here rather than replaced,
+    fail the last stage (a PACS refuses the series): it is refused rather than replaced,
     because a made-up study would file the series apart from the patient's own study. The
-    message never quotes the UID (identifiers stay out of errors and logs).
+    reason never quotes the UID (identifiers stay out of errors and logs).
     """
     from raki.errors import InvalidScanError
     from raki.io.dicom import is_valid_uid
@@ -96,14 +97,20 @@ def _check_sendable(scan: Scan, name: str) -> None:
     try:
         check_measured(scan)
     except InvalidScanError as error:
-        raise MrictlError(f"{name}: {error}", ExitCode.BAD_INPUT) from None
+        return str(error)
     study_uid = scan.identifiers.study_instance_uid
     if study_uid is not None and not is_valid_uid(study_uid):
-        raise MrictlError(
-            f"{name}: the Study Instance UID in the scan's header is not a valid DICOM UID "
-            "(a PACS would refuse the series): correct or remove it, then upload again",
-            ExitCode.BAD_INPUT,
+        return (
+            "the Study Instance UID in the scan's header is not a valid DICOM UID "
+            "(a PACS would refuse the series): correct or remove it, then upload again"
         )
+    return None
+
+
+def _check_sendable(scan: Scan, name: str) -> None:
+    reason = unsendable_reason(scan)
+    if reason is not None:
+        raise MrictlError(f"{name}: {reason}", ExitCode.BAD_INPUT)
 
 
 def _manifest_of(
