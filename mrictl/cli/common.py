@@ -55,6 +55,20 @@ def check_timeout_needs_wait(wait: bool, timeout: float | None) -> None:
         raise MrictlError("--timeout bounds --wait: give both, or neither", ExitCode.USAGE)
 
 
+def report_submitted(output, store, record: dict, wait: bool, timeout: float | None) -> None:
+    """Print a queued job's record, or with `wait` the final record of its chain (exit 5 if
+    that did not succeed)."""
+    from mrictl.output import key_value_table
+    from mrictl.pipeline import jobs
+
+    if wait:
+        output.info(f"submitted {record['job_id']}; waiting")
+        record = jobs.wait(store, record["job_id"], timeout)
+    output.result(record, lambda c: c.print(key_value_table(record, title="job")))
+    if wait:
+        exit_for_record(record)
+
+
 def exit_for_record(record: dict) -> None:
     """A finished job that did not succeed gives the JOB_FAILED exit code."""
     if record["state"] != "succeeded":

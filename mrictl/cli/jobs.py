@@ -17,8 +17,8 @@ from mrictl.cli.common import (
     TimeoutOption,
     WaitOption,
     check_timeout_needs_wait,
-    exit_for_record,
     open_configured_backend,
+    report_submitted,
 )
 from mrictl.cli.recon import AccelOption, AcsOption, IterationsOption, MethodOption
 from mrictl.cli.recon import app as recon_app
@@ -119,12 +119,7 @@ def submit(
         method or (None if weights else settings.method),
         {**options, "weights_job": weights},
     )
-    if wait:
-        output.info(f"submitted {record['job_id']}; waiting")
-        record = jobs.wait(store, record["job_id"], timeout)
-    output.result(record, lambda c: c.print(key_value_table(record, title="job")))
-    if wait:
-        exit_for_record(record)
+    report_submitted(output, store, record, wait, timeout)
 
 
 @recon_app.command("status")

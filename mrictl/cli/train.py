@@ -16,8 +16,8 @@ from mrictl.cli.common import (
     TimeoutOption,
     WaitOption,
     check_timeout_needs_wait,
-    exit_for_record,
     open_configured_backend,
+    report_submitted,
 )
 from mrictl.cli.paths import check_output
 from mrictl.cli.recon import AccelOption, AcsOption, IterationsOption, progress_reporter
@@ -114,9 +114,4 @@ def _submit(
         "training": training or None,
     }
     record = jobs.submit_training(store, source, method, options)
-    if wait:
-        output.info(f"submitted {record['job_id']}; waiting")
-        record = jobs.wait(store, record["job_id"], timeout)
-    output.result(record, lambda c: c.print(key_value_table(record, title="job")))
-    if wait:
-        exit_for_record(record)
+    report_submitted(output, store, record, wait, timeout)
