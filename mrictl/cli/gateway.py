@@ -1,0 +1,183 @@
+"""`mrictl provision gateway`: a file share on an activated S3 File Gateway (mrictl.infra.gateway).
+
+A command function, not a sub-app: `mrictl provision` registers it. Light at import: boto3 and
+the library load only when the command runs.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from mrictl.cli.common import JsonFlag
+
+
+class Protocol(StrEnum):
+    nfs = "nfs"
+    smb = "smb"
+
+
+class Authentication(StrEnum):
+    ActiveDirectory = "ActiveDirectory"
+    GuestAccess = "GuestAccess"
+
+
+def gateway(
+    gateway_arn: Annotated[
+        str,
+        typer.Option(
+            "--gateway-arn", help="The activated S3 File Gateway (arn:aws:storagegateway:...)."
+        ),
+    ],
+    role_arn: Annotated[
+        str,
+        typer.Option(
+            "--role-arn",
+            help="IAM role the gateway assumes to write the raw bucket (see docs/aws.md).",
+        ),
+    ],
+    protocol: Annotated[
+        Protocol, typer.Option("--protocol", help="nfs (Linux/macOS) or smb (Windows).")
+    ] = Protocol.nfs,
+    client_cidrs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--client",
+            help="NFS: a workstation address or CIDR block allowed to mount (repeat it).",
+        ),
+    ] = None,
+    allow_any_client: Annotated[
+        bool,
+        typer.Option("--allow-any-client", help="NFS: let any host mount the share (0.0.0.0/0)."),
+    ] = False,
+    authentication: Annotated[
+        Authentication,
+        typer.Option("--authentication", help="SMB: ActiveDirectory or GuestAccess."),
+    ] = Authentication.ActiveDirectory,
+    valid_users: Annotated[
+        list[str] | None,
+        typer.Option("--valid-user", help="SMB: a user or @group allowed in (repeat it)."),
+    ] = None,
+    admin_users: Annotated[
+        list[str] | None,
+        typer.Option("--admin-user", help="SMB: a user or @group with admin rights (repeat it)."),
+    ] = None,
+    allow_unencrypted_smb: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unencrypted-smb",
+            help="SMB: accept a gateway that does not require SMB 3 encryption.",
+        ),
+    ] = False,
+    share_name: Annotated[
+        str | None,
+        typer.Option("--share-name", help="Share name (default: <stack prefix>-uploads)."),
+    ] = None,
+    bucket: Annotated[
+        str | None,
+        typer.Option("--bucket", help="Raw bucket (default: the storage stack's, as saved)."),
+    ] = None,
+    kms_key_arn: Annotated[
+        str | None,
+        typer.Option(
+            "--kms-key-arn", help="Data key ARN (default: the storage stack's, as saved)."
+        ),
+    ] = None,
+    settling_seconds: Annotated[
+        int,
+        typer.Option(
+            "--settling-seconds",
+            min=1,
+            help="Send the upload notification once a file had no writes for this long.",
+        ),
+    ] = 60,
+    region: Annotated[
+        str | None,
+        typer.Option("--region", envvar="MRICTL_AWS_REGION", help="AWS region (the gateway's)."),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", envvar="MRICTL_AWS_PROFILE", help="AWS profile."),
+    ] = None,
+    endpoint_url: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint-url",
+            envvar="MRICTL_AWS_ENDPOINT_URL",
+            help="Endpoint of a test server (never in production).",
+        ),
+    ] = None,
+    stack_prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--stack-prefix",
+            envvar="MRICTL_AWS_STACK_PREFIX",
+            help="<project>-<environment> of the stacks (default: the configured one).",
+        ),
+    ] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Create an NFS or SMB file share on an activated S3 File Gateway, mapping the raw
+    bucket's uploads/ area, and record it in the stacks' settings file.
+
+    Idempotent: a share already on that location is reported, not duplicated. Exit 2 for a bad
+    flag or a region without Storage Gateway, 4 for an unknown gateway, 6 when the gateway is
+    not a running S3 File Gateway or another share holds the location, 7 for other AWS errors.
+    """
+    from mrictl.backends import AwsClients
+    from mrictl.config import load_settings
+    from mrictl.infra.gateway import (
+        ShareRequest,
+        create_file_share,
+        read_stack_settings,
+        save_gateway_record,
+        share_location,
+        stack_settings_path,
+        stack_tags,
+        storage_gateway_client,
+    )
+    from mrictl.output import Output, key_value_table
+
+    output = Output(json)
+    aws = {
+        "region": region,
+        "profile": profile,
+        "endpoint_url": endpoint_url,
+        "stack_prefix": stack_prefix,
+    }
+    settings = load_settings(aws=aws).aws
+    path = stack_settings_path(settings.stack_prefix)
+    raw_bucket, data_key = share_location(read_stack_settings(path), bucket, kms_key_arn, path.name)
+    request = ShareRequest(
+        gateway_arn=gateway_arn,
+        protocol=protocol.value,
+        role_arn=role_arn,
+        bucket=raw_bucket,
+        kms_key_arn=data_key,
+        share_name=share_name or f"{settings.stack_prefix}-uploads",
+        client_cidrs=tuple(client_cidrs or ()),
+        allow_any_client=allow_any_client,
+        authentication=authentication.value,
+        valid_users=tuple(valid_users or ()),
+        admin_users=tuple(admin_users or ()),
+        allow_unencrypted_smb=allow_unencrypted_smb,
+        settling_seconds=settling_seconds,
+        tags=stack_tags(settings.stack_prefix),
+    )
+    client = storage_gateway_client(AwsClients(settings))
+    outcome = create_file_share(client, request)
+    save_gateway_record(path, outcome.record)
+
+    def render(console) -> None:
+        verb = "created" if outcome.created else "already there"
+        console.print(f"{request.protocol.upper()} file share {verb}", markup=False)
+        rows = {**outcome.record, "mount": outcome.mount}
+        for name, value in rows.items():
+            if isinstance(value, list):
+                rows[name] = ", ".join(value) or None
+        console.print(key_value_table(rows))
+        console.print(f"recorded in {path.name}", markup=False)
+
+    output.result({**outcome.to_dict(), "settings_file": path.name}, render)
