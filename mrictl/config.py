@@ -14,11 +14,17 @@ The file is $MRICTL_CONFIG or $XDG_CONFIG_HOME/mrictl/config.toml:
 
 Flags and environment reach us together through typer's `envvar=`, or as `overrides` here (both
 outrank the file). Nothing here writes files or creates clients (mrictl.backends does).
+
+`mrictl provision` saves its stacks' outputs in $XDG_CONFIG_HOME/mrictl/aws/<stack_prefix>.json
+(mrictl/infra/provision.py writes it); `AwsSettings.outputs` holds them, flat (OutputKey ->
+value, e.g. RawBucketName), for the configured stack prefix, so that no command needs an ARN.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -50,8 +56,10 @@ class AwsSettings:
 
     region: str | None = None
     profile: str | None = None
-    stack_prefix: str = "mrictl"
+    stack_prefix: str = "mrictl-prod"  # <project>-<environment>, the templates' defaults
     endpoint_url: str | None = None  # one endpoint for every service (a moto server in tests)
+    # What `mrictl provision` saved for this prefix (never set in the config file or by a flag).
+    outputs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class Settings:
 
 TOP_LEVEL = ("backend", "method", "device", "lease_seconds", "max_attempts")
 SECTIONS = {"local": LocalSettings, "aws": AwsSettings}
+SAVED_BY_COMMANDS = {"aws": {"outputs"}}  # fields filled from files that commands write
+_SAFE_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")  # a file name, never a path
 
 
 def config_path() -> Path:
@@ -80,6 +90,33 @@ def config_path() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "mrictl" / "config.toml"
+
+
+def outputs_path(stack_prefix: str) -> Path:
+    """Where `mrictl provision` saves the outputs of the stacks of one prefix."""
+    if not _SAFE_PREFIX.fullmatch(stack_prefix):
+        raise MrictlError(f"stack prefix {stack_prefix!r} cannot name a file", ExitCode.USAGE)
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "mrictl" / "aws" / f"{stack_prefix}.json"
+
+
+def read_outputs(stack_prefix: str) -> dict[str, str]:
+    """The saved outputs of every stack of the prefix, flat; {} if none were saved (or the
+    prefix could not name a file: provision refuses it with the rule)."""
+    if not _SAFE_PREFIX.fullmatch(stack_prefix):
+        return {}
+    path = outputs_path(stack_prefix)
+    if not path.is_file():
+        return {}
+    try:  # other commands keep their own records beside "stacks" (the gateway's share)
+        stacks = json.loads(path.read_text(encoding="utf-8")).get("stacks", {})
+        flat = {}
+        for stack in stacks.values():
+            flat.update({str(key): str(value) for key, value in stack["outputs"].items()})
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        message = f"outputs file {path.name} is damaged: run mrictl provision again"
+        raise MrictlError(message, ExitCode.USAGE) from None
+    return flat
 
 
 def default_home() -> Path:
@@ -111,7 +148,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
             raise MrictlError(
                 f"config file {path.name}: [{section}] must be a table", ExitCode.USAGE
             )
-        known = {item.name for item in fields(kind)}
+        known = {item.name for item in fields(kind)} - SAVED_BY_COMMANDS.get(section, set())
         unknown += [f"{section}.{key}" for key in sorted(set(values) - known)]
     if unknown:
         raise MrictlError(
@@ -169,6 +206,8 @@ def load_settings(
         sections[name].update({key: value for key, value in (given or {}).items() if value})
     values.update({key: value for key, value in overrides.items() if value is not None})
     sections["local"]["home"] = Path(sections["local"].get("home") or default_home()).expanduser()
+    prefix = sections["aws"].get("stack_prefix") or AwsSettings.stack_prefix
+    sections["aws"]["outputs"] = read_outputs(prefix)
     settings = Settings(
         local=LocalSettings(**sections["local"]), aws=AwsSettings(**sections["aws"]), **values
     )

@@ -87,6 +87,17 @@ def weights(job_id: str) -> str:
     return output(WEIGHTS, job_id, WEIGHTS_NAME)
 
 
+DEPLOY = "deploy"  # build artifacts the stacks deploy (the scaling Lambda's zip): no data
+
+
+def deploy_artifact(name: str) -> str:
+    """A build artifact the provisioner uploads for a stack: `deploy/<name>` (mrictl provision
+    puts it in the reconstructed bucket, which exists before the compute stack that reads it)."""
+    if not _NAME_PART.fullmatch(name):
+        raise InvalidKeyPart(f"not a safe artifact name: {name!r}")
+    return f"{DEPLOY}/{name}"
+
+
 def idempotency_of_upload(scan_id: str) -> str:
     """The one preprocess job of an upload, whether the CLI or an S3 event queues it."""
     return f"{UPLOADS}/{_scan(scan_id)}"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mrictl.errors import ExitCode, MrictlError
+
+if TYPE_CHECKING:
+    from mrictl.output import Output
 
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout (human text on stderr).")
@@ -73,3 +76,13 @@ def exit_for_record(record: dict) -> None:
     """A finished job that did not succeed gives the JOB_FAILED exit code."""
     if record["state"] != "succeeded":
         raise typer.Exit(int(ExitCode.JOB_FAILED))
+
+
+def confirm_or_refuse(output: Output, yes: bool, question: str) -> None:
+    """Destructive commands ask on a TTY; without one they need --yes (never a hidden prompt)."""
+    if yes:
+        return
+    if not output.interactive or not typer.get_text_stream("stdin").isatty():
+        raise MrictlError(f"{question.rstrip('?')}: refusing without --yes", ExitCode.USAGE)
+    if not typer.confirm(question):
+        raise typer.Exit(int(ExitCode.USAGE))

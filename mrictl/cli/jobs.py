@@ -17,6 +17,7 @@ from mrictl.cli.common import (
     TimeoutOption,
     WaitOption,
     check_timeout_needs_wait,
+    confirm_or_refuse,
     open_configured_backend,
     report_submitted,
 )
@@ -227,16 +228,6 @@ def retry(
 
     record = jobs.retry(open_configured_backend(home, backend), job)
     Output(json).result(record, lambda c: c.print(key_value_table(record, title="queued again")))
-
-
-def confirm_or_refuse(output: Output, yes: bool, question: str) -> None:
-    """Destructive commands ask on a TTY; without one they need --yes (never a hidden prompt)."""
-    if yes:
-        return
-    if not output.interactive or not typer.get_text_stream("stdin").isatty():
-        raise MrictlError(f"{question.rstrip('?')}: refusing without --yes", ExitCode.USAGE)
-    if not typer.confirm(question):
-        raise typer.Exit(int(ExitCode.USAGE))
 
 
 def fetch(

@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from mrictl import __version__
-from mrictl.cli import bench, demo, image, infra, jobs, recon, scan, train, worker
+from mrictl.cli import bench, demo, image, infra, jobs, provision, recon, scan, train, worker
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.output import to_json
 from raki.errors import (
@@ -139,6 +139,7 @@ app.command("demo")(demo.demo)
 app.add_typer(worker.app, name="worker")
 app.add_typer(infra.app, name="infra")
 app.add_typer(image.app, name="image")
+app.add_typer(provision.app, name="provision")
 
 
 def _print_version(value: bool) -> None:
