@@ -1,4 +1,4 @@
-"""Backends behind one contract (base.py): `local` (folder + SQLite) and, later, `aws`.
+"""Backends behind one contract (base.py): `local` (folder + SQLite) and `aws` (S3, DynamoDB, SQS).
 
 `open_backend` is the one place a backend is built, and `AwsClients` the one place boto3
 clients are: tests pass an endpoint in the settings (or a factory of their own) and nothing
@@ -8,6 +8,7 @@ science until it is used, so commands that only talk to the queue start at once.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from mrictl.config import AwsSettings, Settings
@@ -52,7 +53,20 @@ def open_backend(settings: Settings, *, clients: AwsClients | None = None) -> Ba
         from mrictl.backends.local import LocalBackend
 
         return LocalBackend(settings.home, max_attempts=settings.max_attempts)
+    if settings.backend == "aws":
+        from mrictl.backends.aws import AwsBackend, AwsResources
+
+        # Resources first: a workstation that never provisioned learns what to run before
+        # any client is made.
+        resources = AwsResources.from_sources(settings.aws.outputs, os.environ)
+        return AwsBackend(
+            settings.aws,
+            clients or AwsClients(settings.aws),
+            resources=resources,
+            scratch_dir=settings.home / "work",
+            max_attempts=settings.max_attempts,
+        )
     raise MrictlError(
-        f"the {settings.backend!r} backend is not available in this version; use --backend local",
+        f"the {settings.backend!r} backend is not available in this version",
         ExitCode.BACKEND,
     )

@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from mrictl.backends.base import DEFAULT_MAX_ATTEMPTS, BackendError
-from mrictl.backends.local.processes import LocalWorkerProcesses
 from mrictl.backends.local.queue import LocalJobQueue
 from mrictl.backends.local.sqlite import Database
 from mrictl.backends.local.store import LocalObjectStore
+from mrictl.backends.processes import LocalWorkerProcesses
 
 DATABASE_NAME = "mrictl.sqlite3"
 

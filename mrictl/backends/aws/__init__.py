@@ -1,0 +1,90 @@
+"""The aws backend: objects in S3, job records in DynamoDB, work delivered by SQS.
+
+- `store.py`: `S3ObjectStore`, keys onto the raw, preprocessed and reconstructed buckets by
+  area, each object with its SHA-256 in its metadata, checked in transit and on every read.
+- `queue.py`: `AwsJobQueue`, job records as DynamoDB items fenced by conditional writes,
+  idempotency keys as items of the same table, SQS messages (and raw-upload S3 events) as
+  deliveries to pulling workers; `records.py` encodes the items.
+- `resources.py`: `AwsResources`, the names of the stacks' buckets, queues and table, from what
+  `mrictl provision` saved and the MRICTL_AWS_* variables a container is given.
+
+Clients come from `mrictl.backends.AwsClients` (botocore's standard retry mode, so throttling is
+retried there). Worker processes started on this machine pull from the same queues.
+
+Not yet here: submitting recon and train jobs to AWS Batch (they wait on the recon queue), the
+CloudWatch log streams of Batch and ECS (`recon logs` shows the job record's lines), resumable
+uploads of large scans, the Storage Gateway's RefreshCache after a put, and restoring raw
+uploads from Glacier Deep Archive before a preprocess reads them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mrictl.backends.aws.queue import RECEIVE_WAIT_SECONDS, UPLOAD_GRACE_SECONDS, AwsJobQueue
+from mrictl.backends.aws.resources import AwsResources
+from mrictl.backends.aws.store import S3ObjectStore
+from mrictl.backends.base import DEFAULT_MAX_ATTEMPTS, BackendError
+from mrictl.backends.processes import LocalWorkerProcesses
+from mrictl.config import SECTION_ENVIRONMENT, AwsSettings
+
+if TYPE_CHECKING:
+    from mrictl.backends import AwsClients
+
+__all__ = ["AwsBackend", "AwsJobQueue", "AwsResources", "S3ObjectStore"]
+
+
+class AwsBackend:
+    """Store, queue and this machine's scratch space for the stacks `resources` names."""
+
+    name = "aws"
+
+    def __init__(
+        self,
+        settings: AwsSettings,
+        clients: AwsClients,
+        *,
+        resources: AwsResources,
+        scratch_dir: Path,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        receive_wait_seconds: int = RECEIVE_WAIT_SECONDS,
+        upload_grace_seconds: float = UPLOAD_GRACE_SECONDS,
+    ) -> None:
+        self.settings = settings
+        self.clients = clients
+        self.resources = resources
+        self.scratch_dir = Path(scratch_dir)
+        try:
+            self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise BackendError(
+                f"{self.scratch_dir.name}: cannot hold the aws backend's scratch space "
+                f"({error.strerror or type(error).__name__})"
+            ) from None
+        self.store = S3ObjectStore(clients.client("s3"), resources)
+        self.queue = AwsJobQueue(
+            clients.client("dynamodb"),
+            clients.client("sqs"),
+            resources,
+            max_attempts,
+            receive_wait_seconds=receive_wait_seconds,
+            upload_grace_seconds=upload_grace_seconds,
+        )
+
+    def start_worker_processes(self, count: int, arguments: list[str]) -> LocalWorkerProcesses:
+        """Workers on this machine pulling from the same queues (ECS and Batch start the
+        cloud's own)."""
+        environment = {
+            "MRICTL_BACKEND": "aws",
+            "MRICTL_HOME": str(self.scratch_dir.parent),
+            **self.resources.environment(),
+        }
+        for (section, key), variable in SECTION_ENVIRONMENT.items():
+            value = getattr(self.settings, key, None) if section == "aws" else None
+            if value:
+                environment[variable] = str(value)
+        return LocalWorkerProcesses(count, arguments, environment)
+
+    def __repr__(self) -> str:
+        return f"AwsBackend(job_table={self.resources.job_table!r})"
