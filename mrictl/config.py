@@ -16,7 +16,7 @@ Flags and environment reach us together through typer's `envvar=`, or as `overri
 outrank the file). Nothing here writes files or creates clients (mrictl.backends does).
 
 `mrictl provision` saves its stacks' outputs in $XDG_CONFIG_HOME/mrictl/aws/<stack_prefix>.json
-(mrictl/infra/provision.py writes it); `AwsSettings.outputs` holds them, flat (OutputKey ->
+(mrictl/infra/stack_settings.py writes it); `AwsSettings.outputs` holds them, flat (OutputKey ->
 value, e.g. RawBucketName), for the configured stack prefix, so that no command needs an ARN.
 """
 
@@ -93,7 +93,8 @@ def config_path() -> Path:
 
 
 def outputs_path(stack_prefix: str) -> Path:
-    """Where `mrictl provision` saves the outputs of the stacks of one prefix."""
+    """The settings file of a stack prefix: its stacks' outputs, the gateway's share
+    (mrictl/infra/stack_settings.py writes it)."""
     if not _SAFE_PREFIX.fullmatch(stack_prefix):
         raise MrictlError(f"stack prefix {stack_prefix!r} cannot name a file", ExitCode.USAGE)
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
@@ -114,7 +115,10 @@ def read_outputs(stack_prefix: str) -> dict[str, str]:
         for stack in stacks.values():
             flat.update({str(key): str(value) for key, value in stack["outputs"].items()})
     except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
-        message = f"outputs file {path.name} is damaged: run mrictl provision again"
+        message = (
+            f"settings file {path.name} is damaged: fix it, or remove it and run mrictl "
+            "provision again"
+        )
         raise MrictlError(message, ExitCode.USAGE) from None
     return flat
 

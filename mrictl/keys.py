@@ -98,6 +98,12 @@ def deploy_artifact(name: str) -> str:
     return f"{DEPLOY}/{name}"
 
 
+def uploads_prefix() -> str:
+    """The upload area, `uploads/`: what a Storage Gateway file share maps (`mrictl provision
+    gateway`), so that a tar written to the share lands where `upload` puts it."""
+    return f"{UPLOADS}/"
+
+
 def idempotency_of_upload(scan_id: str) -> str:
     """The one preprocess job of an upload, whether the CLI or an S3 event queues it."""
     return f"{UPLOADS}/{_scan(scan_id)}"

@@ -36,6 +36,14 @@ DeviceOption = Annotated[
     str | None,
     typer.Option("--device", envvar="MRICTL_DEVICE", help="auto, cpu or cuda."),
 ]
+StackPrefixOption = Annotated[
+    str | None,
+    typer.Option(
+        "--stack-prefix",
+        envvar="MRICTL_AWS_STACK_PREFIX",
+        help="<project>-<environment>: 2-12 and 2-8 lower-case characters (default mrictl-prod).",
+    ),
+]
 
 
 def open_configured_backend(home: Path | None, backend: str | None):

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from mrictl.cli.common import JsonFlag
+from mrictl.cli.common import JsonFlag, StackPrefixOption
 
 
 class Protocol(StrEnum):
@@ -109,35 +109,28 @@ def gateway(
             help="Endpoint of a test server (never in production).",
         ),
     ] = None,
-    stack_prefix: Annotated[
-        str | None,
-        typer.Option(
-            "--stack-prefix",
-            envvar="MRICTL_AWS_STACK_PREFIX",
-            help="<project>-<environment> of the stacks (default: the configured one).",
-        ),
-    ] = None,
+    stack_prefix: StackPrefixOption = None,
     json: JsonFlag = False,
 ) -> None:
     """Create an NFS or SMB file share on an activated S3 File Gateway, mapping the raw
     bucket's uploads/ area, and record it in the stacks' settings file.
 
     Idempotent: a share already on that location is reported, not duplicated. Exit 2 for a bad
-    flag or a region without Storage Gateway, 4 for an unknown gateway, 6 when the gateway is
-    not a running S3 File Gateway or another share holds the location, 7 for other AWS errors.
+    flag (a stack prefix that provision refuses too) or a region without Storage Gateway, 4 for
+    an unknown gateway, 6 when the gateway is not a running S3 File Gateway or another share
+    holds the location, 7 for other AWS errors.
     """
     from mrictl.backends import AwsClients
     from mrictl.config import load_settings
     from mrictl.infra.gateway import (
         ShareRequest,
         create_file_share,
-        read_stack_settings,
-        save_gateway_record,
         share_location,
-        stack_settings_path,
         stack_tags,
         storage_gateway_client,
     )
+    from mrictl.infra.stack_settings import read_settings, save_gateway, settings_path
+    from mrictl.infra.stacks import parse_stack_prefix
     from mrictl.output import Output, key_value_table
 
     output = Output(json)
@@ -148,15 +141,16 @@ def gateway(
         "stack_prefix": stack_prefix,
     }
     settings = load_settings(aws=aws).aws
-    path = stack_settings_path(settings.stack_prefix)
-    raw_bucket, data_key = share_location(read_stack_settings(path), bucket, kms_key_arn, path.name)
+    prefix = parse_stack_prefix(settings.stack_prefix)  # the rule mrictl provision applies
+    path = settings_path(prefix)
+    raw_bucket, data_key = share_location(read_settings(path), bucket, kms_key_arn, path.name)
     request = ShareRequest(
         gateway_arn=gateway_arn,
         protocol=protocol.value,
         role_arn=role_arn,
         bucket=raw_bucket,
         kms_key_arn=data_key,
-        share_name=share_name or f"{settings.stack_prefix}-uploads",
+        share_name=share_name or f"{prefix.text}-uploads",
         client_cidrs=tuple(client_cidrs or ()),
         allow_any_client=allow_any_client,
         authentication=authentication.value,
@@ -164,11 +158,11 @@ def gateway(
         admin_users=tuple(admin_users or ()),
         allow_unencrypted_smb=allow_unencrypted_smb,
         settling_seconds=settling_seconds,
-        tags=stack_tags(settings.stack_prefix),
+        tags=stack_tags(prefix),
     )
     client = storage_gateway_client(AwsClients(settings))
     outcome = create_file_share(client, request)
-    save_gateway_record(path, outcome.record)
+    save_gateway(path, outcome.record)
 
     def render(console) -> None:
         verb = "created" if outcome.created else "already there"

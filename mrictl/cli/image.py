@@ -25,7 +25,10 @@ TagOption = Annotated[
     str | None,
     typer.Option(
         "--tag",
-        help="Image tag (default VERSION-REVISION[-dirty]); the images are TAG-cpu and TAG-gpu.",
+        help=(
+            "Base tag (default VERSION-REVISION[-dirty]): the images are TAG-cpu and TAG-gpu, "
+            "and mrictl provision --image-tag TAG runs them."
+        ),
     ),
 ]
 DryRunFlag = Annotated[
@@ -81,6 +84,9 @@ def _render(plan_document: dict, dry_run: bool, verb: str):
             return
         for target, image in plan_document["images"].items():
             console.print(f"{verb} {target}: {image}", markup=False, highlight=False)
+        if verb == "pushed":
+            line = f"run them with: mrictl provision --image-tag {plan_document['tag']}"
+            console.print(line, markup=False, highlight=False)
 
     return render
 
@@ -118,6 +124,7 @@ def push(
 ) -> None:
     """Log in to ECR (a token from boto3, the password on docker's stdin), tag the built images
     into the repository and push them. ECR tags are immutable: a pushed tag is never replaced.
+    The base tag (without -cpu/-gpu) is what `mrictl provision --image-tag` takes.
 
     Exit 2 without Docker or a repository, 4 when an image is not built, 6 when the tag is
     already in the repository, 7 when ECR or docker fails.

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mrictl.cli.common import JsonFlag, confirm_or_refuse
+from mrictl.cli.common import JsonFlag, StackPrefixOption, confirm_or_refuse
 from mrictl.cli.gateway import gateway
 
 app = typer.Typer(
@@ -39,14 +39,6 @@ EndpointOption = Annotated[
         help="One endpoint for every AWS API (a test server; never in production).",
     ),
 ]
-StackPrefixOption = Annotated[
-    str | None,
-    typer.Option(
-        "--stack-prefix",
-        envvar="MRICTL_AWS_STACK_PREFIX",
-        help="<project>-<environment>: 2-12 and 2-8 lower-case characters (default mrictl-prod).",
-    ),
-]
 YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
@@ -55,9 +47,10 @@ def _split(text: str | None) -> tuple[str, ...]:
 
 
 def _connect(region, profile, endpoint_url, stack_prefix) -> tuple[Any, Any, Path]:
-    """The AWS clients, the parsed stack prefix and its outputs file, from flags > env > file."""
+    """The AWS clients, the parsed stack prefix and its settings file, from flags > env > file."""
     from mrictl.backends import AwsClients
-    from mrictl.config import load_settings, outputs_path
+    from mrictl.config import load_settings
+    from mrictl.infra.stack_settings import settings_path
     from mrictl.infra.stacks import parse_stack_prefix
 
     aws = {
@@ -68,7 +61,7 @@ def _connect(region, profile, endpoint_url, stack_prefix) -> tuple[Any, Any, Pat
     }
     settings = load_settings(aws=aws).aws
     prefix = parse_stack_prefix(settings.stack_prefix)
-    return AwsClients(settings), prefix, outputs_path(prefix.text)
+    return AwsClients(settings), prefix, settings_path(prefix)
 
 
 def _progress(output):
@@ -152,7 +145,14 @@ def provision(
         typer.Option("--log-retention-days", min=1, help="Days the workers' logs are kept."),
     ] = None,
     image_tag: Annotated[
-        str | None, typer.Option("--image-tag", help="Tag of the mrictl image to run.")
+        str | None,
+        typer.Option(
+            "--image-tag",
+            help=(
+                "Base tag of the images that mrictl image push pushed (TAG, not TAG-cpu): the "
+                "preprocess task runs TAG-cpu, the Batch jobs TAG-gpu."
+            ),
+        ),
     ] = None,
     region: RegionOption = None,
     profile: ProfileOption = None,
@@ -278,7 +278,7 @@ def destroy(
     Exit 0 when done, 2 without --yes off a TTY, 7 when AWS is unreachable or a deletion fails.
     """
     from mrictl.errors import ExitCode, MrictlError
-    from mrictl.infra import provision as service
+    from mrictl.infra import destroy as service
     from mrictl.output import Output
 
     output = Output(json)

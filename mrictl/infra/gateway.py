@@ -6,8 +6,8 @@ schemas, so `mrictl provision gateway` makes the share here. It is idempotent: a
 the same location is found and returned, never duplicated, and a share there that differs in
 what matters (role, key, clients, authentication) is a conflict, never silently reused. The
 functions receive their client (mrictl.backends.AwsClients makes it); the record goes into the
-per-stack settings file, `$XDG_CONFIG_HOME/mrictl/aws/<stack_prefix>.json`, under "gateway",
-beside the provisioner's "stacks".
+stack prefix's settings file (mrictl/infra/stack_settings.py) under "gateway", beside the
+provisioner's "stacks", whose storage outputs name the bucket and the key.
 
 Exit codes: a bad flag, or a region without Storage Gateway, is a usage error (2); a gateway
 that is not a running S3 File Gateway, an SMB gateway not ready for the authentication asked
@@ -18,20 +18,18 @@ gateway's state); an unknown gateway is not found (4); any other API failure is 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import json
-import os
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from mrictl import keys
 from mrictl.errors import ExitCode, MrictlError
-from mrictl.partial_files import partial_name, remove_stale_partials
+from mrictl.infra.stack_settings import saved_outputs
+from mrictl.infra.stacks import StackPrefix
 
 SERVICE = "storagegateway"
 PROTOCOLS = ("nfs", "smb")
@@ -46,8 +44,7 @@ DEFAULT_SETTLING_SECONDS = 60
 DESCRIBE_AT_MOST = 10  # DescribeNFSFileShares and DescribeSMBFileShares take 1 to 10 ARNs
 # The upload area: tars the workstation writes land as uploads/<scan_id>.tar, which is what the
 # raw bucket's event filter (prefix uploads/, suffix .tar) sends to the preprocess queue.
-SHARE_PREFIX = f"{keys.UPLOADS}/"
-RECORD_KEY = "gateway"
+SHARE_PREFIX = keys.uploads_prefix()
 
 _GATEWAY_ARN = re.compile(
     r"^arn:(aws[a-z-]*):storagegateway:([a-z0-9-]+):(\d{12}):gateway/sgw-[0-9A-Za-z]{8,26}$"
@@ -56,7 +53,6 @@ _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _KMS_KEY_ARN = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/[0-9a-f-]+$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SHARE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")  # SMB share names: 80 at most
-_STACK_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 
 
 def _usage(message: str) -> MrictlError:
@@ -184,10 +180,9 @@ class ShareOutcome:
         return {**self.record, "created": self.created, "mount": self.mount}
 
 
-def stack_tags(stack_prefix: str) -> dict[str, str]:
-    """The stacks' two tags, `project` and `environment`, from `<project>-<environment>`."""
-    project, dash, environment = stack_prefix.rpartition("-")
-    return {"project": project, "environment": environment} if dash else {"project": stack_prefix}
+def stack_tags(prefix: StackPrefix) -> dict[str, str]:
+    """The stacks' two tags, `project` and `environment`, for the share too."""
+    return {tag["Key"]: tag["Value"] for tag in prefix.tags()}
 
 
 # --- Regions ----------------------------------------------------------------------------------
@@ -522,48 +517,14 @@ def create_file_share(
     return ShareOutcome(record, True, _mount(request.protocol, gateway, request.share_name))
 
 
-# --- The per-stack settings file --------------------------------------------------------------
-
-
-def stack_settings_path(stack_prefix: str) -> Path:
-    """`$XDG_CONFIG_HOME/mrictl/aws/<stack_prefix>.json`: the provisioner's "stacks" and this
-    command's "gateway"."""
-    if not _STACK_PREFIX.fullmatch(stack_prefix):
-        raise _usage(f"stack prefix {stack_prefix!r}: use letters, digits and '-'")
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "mrictl" / "aws" / f"{stack_prefix}.json"
-
-
-def read_stack_settings(path: Path) -> dict[str, Any]:
-    """The file's document; {} when there is none yet."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    try:
-        document = json.loads(text)
-    except ValueError:
-        raise _usage(f"settings file {path.name} is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise _usage(f"settings file {path.name} does not hold a JSON object")
-    return document
-
-
-def saved_storage_outputs(document: dict[str, Any]) -> dict[str, str]:
-    """The storage stack's outputs the provisioner saved ("stacks" > "storage" > "outputs")."""
-    outputs: Any = document
-    for name in ("stacks", "storage", "outputs"):
-        outputs = outputs.get(name) if isinstance(outputs, dict) else None
-    if not isinstance(outputs, dict):
-        return {}
-    return {name: value for name, value in outputs.items() if isinstance(value, str)}
+# --- Where the share points ------------------------------------------------------------------
 
 
 def share_location(
-    document: dict[str, Any], bucket: str | None, kms_key_arn: str | None, path_name: str
+    document: Mapping[str, Any], bucket: str | None, kms_key_arn: str | None, path_name: str
 ) -> tuple[str, str]:
     """The raw bucket and the data key: from the flags, else from the saved storage outputs."""
-    outputs = saved_storage_outputs(document)
+    outputs = saved_outputs(document, "storage")
     bucket = bucket or outputs.get("RawBucketName")
     kms_key_arn = kms_key_arn or outputs.get("DataKeyArn")
     missing = [
@@ -575,25 +536,3 @@ def share_location(
             f"{' and '.join(missing)}"
         )
     return bucket, kms_key_arn
-
-
-def save_gateway_record(path: Path, record: dict[str, Any]) -> None:
-    """Put the record under "gateway", keeping every other key: read, modify, then write a
-    hidden temporary file and rename it over the old one, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    document = read_stack_settings(path)
-    document[RECORD_KEY] = record
-    remove_stale_partials(path)
-    temporary = partial_name(path)
-    try:
-        with open(temporary, "x", encoding="utf-8") as stream:
-            stream.write(json.dumps(document, indent=2) + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(temporary, path.stat().st_mode & 0o777)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise

@@ -50,6 +50,10 @@ CAPABILITIES = ("CAPABILITY_IAM",)  # roles have generated names under a path
 LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827)
 LOG_RETENTION_DAYS += (2192, 2557, 2922, 3288, 3653)
 
+# compute.yaml runs <ImageTag>-cpu (preprocess) and <ImageTag>-gpu (Batch): ImageTag is the base
+# tag `mrictl image push` names, never one image's.
+IMAGE_SUFFIXES = ("-cpu", "-gpu")
+
 PROJECT_NAME = re.compile(r"^[a-z][a-z0-9-]{1,11}$")
 ENVIRONMENT_NAME = re.compile(r"^[a-z][a-z0-9]{1,7}$")
 PREFIX_RULE = (
@@ -129,6 +133,12 @@ class ProvisionOptions:
             raise MrictlError(
                 f"--log-retention-days must be one of CloudWatch's periods: "
                 f"{', '.join(map(str, LOG_RETENTION_DAYS))}",
+                ExitCode.USAGE,
+            )
+        if self.image_tag is not None and self.image_tag.endswith(IMAGE_SUFFIXES):
+            raise MrictlError(
+                f"--image-tag {self.image_tag!r}: give the base tag that mrictl image push "
+                "printed; the stacks add -cpu and -gpu themselves",
                 ExitCode.USAGE,
             )
         if self.vpc_id is None and (self.subnet_ids or self.route_table_ids):

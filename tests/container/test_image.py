@@ -19,8 +19,10 @@ from mrictl import __version__
 from mrictl.container import (
     DOCKERFILE,
     NEEDS_DOCKER,
+    TAG_PATTERN,
     default_tag,
     git_revision,
+    image_tag,
     region_of,
 )
 from mrictl.infra.validate import load_template
@@ -182,6 +184,22 @@ def test_no_entrypoint_and_cmd_is_what_the_stacks_run(compute):
     for name in ("ReconJobDefinition", "TrainJobDefinition"):
         command = definitions[name]["Command"]
         assert command == [*gpu_cmd, "--job", "Ref::job_id"], name
+
+
+def test_each_stack_runs_its_targets_image_under_the_tag_image_push_names(compute):
+    """The stacks' ImageTag is the base tag of `mrictl image push` (and `provision --image-tag`):
+    the Fargate task runs TAG-cpu, the Batch jobs TAG-gpu, and both accept the same tags."""
+    definitions = container_definitions(compute)
+    runs = {
+        "PreprocessTaskDefinition": "cpu",
+        "ReconJobDefinition": "gpu",
+        "TrainJobDefinition": "gpu",
+    }
+    for name, target in runs.items():
+        reference = definitions[name]["Image"]["Fn::Sub"]
+        assert reference.endswith(f"/${{Repository}}:{image_tag('${ImageTag}', target)}"), name
+    parameter = load_template(COMPUTE_TEMPLATE)["Parameters"]["ImageTag"]
+    assert parameter["AllowedPattern"] == TAG_PATTERN.pattern
 
 
 def test_scratch_space_is_the_volume_the_stacks_mount(compute):

@@ -17,14 +17,9 @@ from typer.testing import CliRunner
 from mrictl.cli.gateway import gateway
 from mrictl.cli.main import MrictlGroup
 from mrictl.errors import ExitCode, MrictlError
-from mrictl.infra.gateway import (
-    ShareRequest,
-    create_file_share,
-    read_stack_settings,
-    save_gateway_record,
-    share_location,
-    stack_settings_path,
-)
+from mrictl.infra.gateway import ShareRequest, create_file_share, share_location
+from mrictl.infra.stack_settings import read_settings, save_gateway, settings_path
+from mrictl.infra.stacks import parse_stack_prefix
 
 boto3 = pytest.importorskip("boto3")
 stub = pytest.importorskip("botocore.stub")
@@ -488,8 +483,7 @@ def stacks_document() -> dict:
 
 def test_the_settings_file_is_named_by_stack_prefix_under_xdg_config_home():
     expected = Path(os.environ["XDG_CONFIG_HOME"]) / "mrictl" / "aws" / "mrictl-test.json"
-    assert stack_settings_path("mrictl-test") == expected
-    assert refused(lambda: stack_settings_path("../x")).exit_code == ExitCode.USAGE
+    assert settings_path(parse_stack_prefix("mrictl-test")) == expected
 
 
 def test_the_record_is_merged_beside_the_provisioners_stacks(tmp_path):
@@ -497,7 +491,7 @@ def test_the_record_is_merged_beside_the_provisioners_stacks(tmp_path):
     path.parent.mkdir()
     path.write_text(json.dumps({**stacks_document(), "gateway": {"share_arn": "old"}}))
 
-    save_gateway_record(path, {"share_arn": SHARE_ARN})
+    save_gateway(path, {"share_arn": SHARE_ARN})
 
     assert json.loads(path.read_text()) == {
         **stacks_document(),
@@ -509,7 +503,7 @@ def test_the_record_is_merged_beside_the_provisioners_stacks(tmp_path):
 def test_without_a_settings_file_one_is_made_holding_only_the_gateway(tmp_path):
     path = tmp_path / "aws" / "mrictl-test.json"
 
-    save_gateway_record(path, {"share_arn": SHARE_ARN})
+    save_gateway(path, {"share_arn": SHARE_ARN})
 
     assert json.loads(path.read_text()) == {"gateway": {"share_arn": SHARE_ARN}}
 
@@ -524,7 +518,7 @@ def test_a_write_that_fails_leaves_the_old_file_whole(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError):
-        save_gateway_record(path, {"share_arn": SHARE_ARN})
+        save_gateway(path, {"share_arn": SHARE_ARN})
 
     assert path.read_text() == before
     assert [entry.name for entry in tmp_path.iterdir()] == ["mrictl-test.json"]
@@ -542,7 +536,7 @@ def test_bucket_and_key_come_from_the_saved_storage_outputs_or_the_flags():
 def test_a_settings_file_that_is_not_json_is_a_usage_error(tmp_path):
     path = tmp_path / "mrictl-test.json"
     path.write_text("{not json")
-    assert refused(lambda: read_stack_settings(path)).exit_code == ExitCode.USAGE
+    assert refused(lambda: read_settings(path)).exit_code == ExitCode.USAGE
 
 
 # --- The command ------------------------------------------------------------------------------
@@ -586,7 +580,7 @@ def command_client(sgw, monkeypatch):
 
 
 def test_the_command_creates_the_share_and_records_it_with_json(command_client):
-    path = stack_settings_path("mrictl-test")
+    path = settings_path(parse_stack_prefix("mrictl-test"))
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(stacks_document()))
     expect_gateway(command_client)
@@ -613,7 +607,15 @@ def test_the_command_refuses_any_client_with_a_json_error_and_exit_2(command_cli
 
     assert result.exit_code == ExitCode.USAGE
     assert json.loads(result.stdout)["error"]["code"] == ExitCode.USAGE
-    assert not stack_settings_path("mrictl-test").exists()
+    assert not settings_path(parse_stack_prefix("mrictl-test")).exists()
+
+
+@pytest.mark.parametrize("prefix", ["mrictl", "../x", "a-very-long-project-prod"])
+def test_the_command_refuses_the_stack_prefixes_provision_refuses(command_client, prefix):
+    result = run_command("--stack-prefix", prefix, "--client", WORKSTATIONS, "--json")
+
+    assert result.exit_code == ExitCode.USAGE
+    assert "<project>-<environment>" in json.loads(result.stdout)["error"]["message"]
 
 
 def test_the_command_without_stacks_or_flags_says_what_to_do(command_client):

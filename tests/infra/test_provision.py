@@ -22,7 +22,9 @@ from pathlib import Path
 import pytest
 
 from mrictl.errors import ExitCode, MrictlError
+from mrictl.infra import cloudformation, stack_settings
 from mrictl.infra import provision as service
+from mrictl.infra.cloudformation import wait_for_stack
 from mrictl.infra.lambda_package import build_autoscale_package
 from mrictl.infra.stacks import (
     INPUTS,
@@ -255,6 +257,7 @@ def test_batch_ecs_the_lambda_and_the_roles_are_wired_to_each_other(account, pro
         container = definition["containerProperties"]
         assert container["command"] == ["mrictl", "worker", "run", "--job", "Ref::job_id"]
         assert container["jobRoleArn"] in roles
+        assert container["image"] == f"{compute['RepositoryUri']}:0.1.0-gpu"  # ImageTag's default
 
     ecs = account.client("ecs")
     [cluster] = ecs.describe_clusters(clusters=[compute["EcsClusterName"]])["clusters"]
@@ -267,7 +270,7 @@ def test_batch_ecs_the_lambda_and_the_roles_are_wired_to_each_other(account, pro
     task = ecs.describe_task_definition(taskDefinition=preprocess["taskDefinition"])
     [container] = task["taskDefinition"]["containerDefinitions"]
     assert container["command"] == ["mrictl", "worker", "run", "--stage", "preprocess"]
-    assert container["image"].startswith(compute["RepositoryUri"] + ":")
+    assert container["image"] == f"{compute['RepositoryUri']}:0.1.0-cpu"
     environment = {item["name"]: item["value"] for item in container["environment"]}
     assert environment["MRICTL_AWS_JOB_TABLE"] == account.outputs(PREFIX, "jobs")["JobTableName"]
     assert environment["MRICTL_AWS_PREPROCESS_QUEUE_URL"] == storage["PreprocessQueueUrl"]
@@ -434,7 +437,7 @@ def test_a_flag_updates_its_stack_and_is_kept_by_later_runs(account, monkeypatch
 
     # A changed template is an update, with the resources its change set names.
     folder = patched_templates(tmp_path, compute=("MemorySize: 256", "MemorySize: 512"))
-    monkeypatch.setattr(service, "default_templates_dir", lambda: folder)
+    monkeypatch.setattr(cloudformation, "default_templates_dir", lambda: folder)
     document = account.cli("provision", "--dry-run", "--json", prefix=prefix).json()
     [compute] = [s for s in document["plan"] if s["stack"] == "compute"]
     assert compute["action"] == "update" and compute["template_changed"] is True
@@ -517,7 +520,7 @@ def test_a_rollback_names_the_first_failing_resource_and_its_reason():
         stub.add_response("describe_stacks", stack("ROLLBACK_COMPLETE"))
         stub.add_response("describe_stack_events", {"StackEvents": later})
         with pytest.raises(MrictlError) as caught:
-            service.wait_for_stack(
+            wait_for_stack(
                 cloudformation,
                 stack_id,
                 "jobs",
@@ -553,6 +556,8 @@ def test_usage_errors_are_refused_before_any_call(account):
     assert outcome.exit_code == ExitCode.USAGE and "--subnet-ids" in outcome.stderr
     outcome = account.cli("provision", "--log-retention-days", "2", "--dry-run")
     assert outcome.exit_code == ExitCode.USAGE and "--log-retention-days" in outcome.stderr
+    outcome = account.cli("provision", "--image-tag", "0.1.0-gpu", "--dry-run")
+    assert outcome.exit_code == ExitCode.USAGE and "base tag" in outcome.stderr
 
 
 def test_no_credentials_is_a_backend_error(account, monkeypatch):
@@ -581,7 +586,7 @@ def test_destroy_keeps_the_data_unless_asked_to_delete_it(account, tmp_path, mon
     folder = patched_templates(
         tmp_path, fsx=(fsx_outputs, "Outputs:\n  PreprocessedPath:\n    Value: /preprocessed\n")
     )
-    monkeypatch.setattr(service, "default_templates_dir", lambda: folder)
+    monkeypatch.setattr(cloudformation, "default_templates_dir", lambda: folder)
     created = account.cli(
         "provision",
         *("--vpc-id", vpc, "--subnet-ids", ",".join(subnets), "--with-fsx"),
@@ -696,7 +701,7 @@ def test_each_stack_takes_only_its_inputs_outputs_and_the_templates_declare_them
     assert len(every_output) == len(set(every_output))  # flat outputs lose nothing
 
 
-def test_the_outputs_file_keeps_the_gateways_record(tmp_path):
+def test_the_settings_file_keeps_the_gateways_record(tmp_path):
     from mrictl.config import read_outputs
 
     path = Path(os.environ["XDG_CONFIG_HOME"]) / "mrictl" / "aws" / "mrictl-test.json"
@@ -710,10 +715,10 @@ def test_the_outputs_file_keeps_the_gateways_record(tmp_path):
             "Outputs": [{"OutputKey": "JobTableName", "OutputValue": "t"}],
         }
     }
-    service.write_outputs_file(path, prefix, REGION, deployed)
+    stack_settings.save_stacks(path, prefix, REGION, deployed)
     document = json.loads(path.read_text())
     assert document["gateway"] == {"share": "arn:share"}
     assert read_outputs("mrictl-test") == {"JobTableName": "t"}
-    service.write_outputs_file(path, prefix, REGION, {})
+    stack_settings.save_stacks(path, prefix, REGION, {})
     assert json.loads(path.read_text())["gateway"] == {"share": "arn:share"}
     assert not list(path.parent.glob(".*partial"))

@@ -396,6 +396,20 @@ def test_image_repository_scans_on_push_and_tags_are_immutable(template):
     assert repository["EncryptionConfiguration"]["EncryptionType"] == "KMS"
 
 
+def test_the_preprocess_task_runs_the_cpu_image_and_the_batch_jobs_the_gpu_image(template):
+    """ImageTag is the base tag `mrictl image push` names; each target's image adds its suffix
+    (scripts/container/Dockerfile: cpu has no torch, gpu is the CUDA image)."""
+    compute = template("compute")
+    registry = "${AWS::AccountId}.dkr.ecr.${AWS::Region}.${AWS::URLSuffix}/${Repository}"
+    [preprocess] = properties(compute, "PreprocessTaskDefinition")["ContainerDefinitions"]
+    assert preprocess["Image"] == {"Fn::Sub": f"{registry}:${{ImageTag}}-cpu"}
+    for job in ("ReconJobDefinition", "TrainJobDefinition"):
+        image = properties(compute, job)["ContainerProperties"]["Image"]
+        assert image == {"Fn::Sub": f"{registry}:${{ImageTag}}-gpu"}, job
+    # The longest base tag the stack accepts still makes a Docker tag (128 characters).
+    assert compute["Parameters"]["ImageTag"]["AllowedPattern"].endswith("{0,123}$")
+
+
 def batch_action(rules: list[dict], status_reason: str, reason: str = "") -> str:
     """What Batch does after a failed attempt: the first rule whose patterns all match."""
     for rule in rules:

@@ -51,6 +51,8 @@ def test_the_layout():
     )
     assert keys.weights(job) == f"weights/{job}/weights.pt"
     assert keys.idempotency_of_upload(scan) == f"uploads/{scan}"
+    assert keys.uploads_prefix() == "uploads/"  # what a Storage Gateway share maps
+    assert keys.upload(scan).startswith(keys.uploads_prefix())
 
 
 @pytest.mark.parametrize(
