@@ -211,7 +211,12 @@ def load_settings(
     values.update({key: value for key, value in overrides.items() if value is not None})
     sections["local"]["home"] = Path(sections["local"].get("home") or default_home()).expanduser()
     prefix = sections["aws"].get("stack_prefix") or AwsSettings.stack_prefix
-    sections["aws"]["outputs"] = read_outputs(prefix)
+    try:
+        sections["aws"]["outputs"] = read_outputs(prefix)
+    except MrictlError:
+        if values.get("backend") == "aws":
+            raise
+        sections["aws"]["outputs"] = {}  # a damaged cloud file must not stop local work
     settings = Settings(
         local=LocalSettings(**sections["local"]), aws=AwsSettings(**sections["aws"]), **values
     )

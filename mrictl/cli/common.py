@@ -94,3 +94,22 @@ def confirm_or_refuse(output: Output, yes: bool, question: str) -> None:
         raise MrictlError(f"{question.rstrip('?')}: refusing without --yes", ExitCode.USAGE)
     if not typer.confirm(question):
         raise typer.Exit(int(ExitCode.USAGE))
+
+
+# The AWS API settings of the cloud commands (provision, gateway, image); MRICTL_AWS_* too.
+RegionOption = Annotated[
+    str | None,
+    typer.Option("--region", envvar="MRICTL_AWS_REGION", help="AWS region (default: profile's)."),
+]
+ProfileOption = Annotated[
+    str | None,
+    typer.Option("--profile", envvar="MRICTL_AWS_PROFILE", help="AWS profile of the credentials."),
+]
+EndpointOption = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint-url",
+        envvar="MRICTL_AWS_ENDPOINT_URL",
+        help="One endpoint for every AWS API (a test server; never in production).",
+    ),
+]

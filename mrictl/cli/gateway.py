@@ -11,7 +11,13 @@ from typing import Annotated
 
 import typer
 
-from mrictl.cli.common import JsonFlag, StackPrefixOption
+from mrictl.cli.common import (
+    EndpointOption,
+    JsonFlag,
+    ProfileOption,
+    RegionOption,
+    StackPrefixOption,
+)
 
 
 class Protocol(StrEnum):
@@ -93,22 +99,9 @@ def gateway(
             help="Send the upload notification once a file had no writes for this long.",
         ),
     ] = 60,
-    region: Annotated[
-        str | None,
-        typer.Option("--region", envvar="MRICTL_AWS_REGION", help="AWS region (the gateway's)."),
-    ] = None,
-    profile: Annotated[
-        str | None,
-        typer.Option("--profile", envvar="MRICTL_AWS_PROFILE", help="AWS profile."),
-    ] = None,
-    endpoint_url: Annotated[
-        str | None,
-        typer.Option(
-            "--endpoint-url",
-            envvar="MRICTL_AWS_ENDPOINT_URL",
-            help="Endpoint of a test server (never in production).",
-        ),
-    ] = None,
+    region: RegionOption = None,
+    profile: ProfileOption = None,
+    endpoint_url: EndpointOption = None,
     stack_prefix: StackPrefixOption = None,
     json: JsonFlag = False,
 ) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from mrictl.cli.common import JsonFlag
+from mrictl.cli.common import EndpointOption, JsonFlag, ProfileOption, RegionOption
 
 app = typer.Typer(
     help="Worker container images: build them, push them to ECR (needs Docker).",
@@ -39,24 +39,6 @@ RepositoryOption = Annotated[
     typer.Option(
         "--repository",
         help="ECR repository URI (default: the RepositoryUri that mrictl provision saved).",
-    ),
-]
-RegionOption = Annotated[
-    str | None,
-    typer.Option(
-        "--region", envvar="MRICTL_AWS_REGION", help="AWS region (default: the repository's)."
-    ),
-]
-ProfileOption = Annotated[
-    str | None,
-    typer.Option("--profile", envvar="MRICTL_AWS_PROFILE", help="AWS profile of the credentials."),
-]
-EndpointOption = Annotated[
-    str | None,
-    typer.Option(
-        "--endpoint-url",
-        envvar="MRICTL_AWS_ENDPOINT_URL",
-        help="One endpoint for every AWS API (a test server; never in production).",
     ),
 ]
 StackPrefixOption = Annotated[

@@ -10,7 +10,14 @@ from typing import Annotated, Any
 
 import typer
 
-from mrictl.cli.common import JsonFlag, StackPrefixOption, confirm_or_refuse
+from mrictl.cli.common import (
+    EndpointOption,
+    JsonFlag,
+    ProfileOption,
+    RegionOption,
+    StackPrefixOption,
+    confirm_or_refuse,
+)
 from mrictl.cli.gateway import gateway
 
 app = typer.Typer(
@@ -23,22 +30,6 @@ app = typer.Typer(
 )
 app.command("gateway")(gateway)  # a file share on a Storage Gateway (mrictl.infra.gateway)
 
-RegionOption = Annotated[
-    str | None,
-    typer.Option("--region", envvar="MRICTL_AWS_REGION", help="AWS region (default: profile's)."),
-]
-ProfileOption = Annotated[
-    str | None,
-    typer.Option("--profile", envvar="MRICTL_AWS_PROFILE", help="AWS profile of the credentials."),
-]
-EndpointOption = Annotated[
-    str | None,
-    typer.Option(
-        "--endpoint-url",
-        envvar="MRICTL_AWS_ENDPOINT_URL",
-        help="One endpoint for every AWS API (a test server; never in production).",
-    ),
-]
 YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 

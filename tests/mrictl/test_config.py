@@ -130,7 +130,19 @@ def test_aws_clients_come_from_the_settings_alone(monkeypatch):
     assert clients.client("s3") is s3
 
 
-def test_the_aws_backend_is_refused_until_it_exists(tmp_path):
+def test_the_aws_backend_without_provisioned_resources_says_what_to_run(tmp_path):
     outcome = invoke("recon", "status", "--backend", "aws", "--json")
     assert outcome.exit_code == ExitCode.BACKEND
-    assert "not available" in outcome.json()["error"]["message"]
+    assert "mrictl provision" in outcome.json()["error"]["message"]
+
+
+def test_a_damaged_outputs_file_stops_the_aws_backend_only(monkeypatch):
+    from mrictl.config import outputs_path
+
+    path = outputs_path("mrictl-prod")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("{not json")
+    assert load_settings().aws.outputs == {}  # the local backend goes on
+    with pytest.raises(MrictlError, match="is damaged") as caught:
+        load_settings(backend="aws")
+    assert caught.value.exit_code == ExitCode.USAGE
