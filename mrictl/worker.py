@@ -26,6 +26,7 @@ from mrictl.backends.base import (
     Backend,
     BackendError,
     ChecksumMismatchError,
+    ConflictError,
     Job,
     JobCancelledError,
     JobState,
@@ -39,6 +40,9 @@ log = logging.getLogger("mrictl.worker")
 
 DEFAULT_LEASE_SECONDS = 600.0
 DEFAULT_POLL_INTERVAL = 1.0
+RETRY_DELAY_SECONDS = 2.0  # a pushed job's next attempt waits this times the attempts used
+LEASE_RECHECK_SECONDS = 10.0  # a lease in the way is looked at again this often
+TAKE_OVER_MARGIN_SECONDS = 0.5
 
 # A directory path inside a message (it may name a patient): only its last part is kept.
 _PATH = re.compile(r"(?<![^\s'\"(])(?:[A-Za-z]:)?(?:[/\\][^\s/\\'\"()]+)*[/\\]([^\s/\\'\"()]+)")
@@ -146,10 +150,16 @@ def process_job(backend: Backend, job: Job, *, worker_id: str, lease_seconds: fl
             _log(backend, job, worker_id, f"dead-lettered ({why})")
         return state
     except KeyboardInterrupt:
-        # Stopped hard (a second Ctrl-C): give the job back now rather than at lease expiry.
+        # Stopped at once (a second Ctrl-C; SIGTERM to a pushed job, as Batch stops a
+        # container): give the job back now rather than at lease expiry.
         heartbeat.stop()
-        with contextlib.suppress(LeaseLostError, BackendError):
-            backend.queue.fail(job, "interrupted: the worker was stopped", retryable=True)
+        try:
+            state = backend.queue.fail(job, "interrupted: the worker was stopped", retryable=True)
+            _log(backend, job, worker_id, f"handed back: the worker was stopped ({state.value})")
+        except JobCancelledError:
+            _remove_outputs(backend, prefix)  # stopped because it was cancelled
+        except (LeaseLostError, BackendError):
+            pass  # another worker has it, or the lease runs out and the next claim takes it
         raise
     finally:
         heartbeat.stop()
@@ -165,10 +175,16 @@ def _log(backend: Backend, job: Job, worker_id: str, message: str) -> None:
 
 @contextlib.contextmanager
 def stop_on_signals(
-    stop: threading.Event, on_stop: Callable[[], None] | None = None
+    stop: threading.Event,
+    on_stop: Callable[[], None] | None = None,
+    *,
+    interrupt: bool = False,
 ) -> Iterator[None]:
     """SIGTERM or a first Ctrl-C set `stop` (the worker finishes the job in hand, then exits)
     and call `on_stop`; a second Ctrl-C interrupts at once (the job is given back to the queue).
+    With `interrupt` (a pushed job: Batch kills the container 30 s after SIGTERM, long before a
+    reconstruction ends), the first signal interrupts at once and later ones are ignored, so
+    the job is handed back whole.
 
     Only the main thread can install handlers; elsewhere this does nothing.
     """
@@ -177,6 +193,12 @@ def stop_on_signals(
         return
 
     def request_stop(signum: int, frame: object) -> None:
+        if interrupt:
+            if not stop.is_set():
+                stop.set()
+                log.warning("stopping now: the job in hand is handed back")
+                raise KeyboardInterrupt
+            return
         if signum == signal.SIGINT and stop.is_set():
             raise KeyboardInterrupt
         if not stop.is_set():
@@ -248,16 +270,55 @@ def run_job(
     *,
     worker_id: str | None = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    take_over_within: float = 0.0,
+    retry_delay: float = RETRY_DELAY_SECONDS,
 ) -> Job:
-    """Push: claim exactly this job, run it, and return its record afterwards (a Batch
-    container started with its job id). ConflictError if it is not claimable."""
+    """Push: claim exactly this job and run it until it is final, then return its record (a
+    Batch container started with its job id). ConflictError if it is not claimable.
+
+    A retryable failure is tried again here, after `retry_delay` seconds, while attempts remain:
+    the container owns its job, and nothing else would deliver it. `take_over_within` is how
+    long to wait for another worker's live lease to run out: a Batch retry after a host failure
+    finds the dead host's lease still live. A lease renewed meanwhile has a live worker:
+    ConflictError.
+    """
     worker_id = worker_id or default_worker_id()
     job = backend.queue.get(job_id)
     if job.stage in STAGES:  # an unknown one is failed for good by process_job
         load_stages([job.stage])
-    claimed = backend.queue.claim_job(job_id, worker_id, lease_seconds)
-    process_job(backend, claimed, worker_id=worker_id, lease_seconds=lease_seconds)
-    return backend.queue.get(job_id)
+    while True:
+        claimed = _claim_pushed(backend, job_id, worker_id, lease_seconds, take_over_within)
+        state = process_job(backend, claimed, worker_id=worker_id, lease_seconds=lease_seconds)
+        if state is not JobState.QUEUED:
+            return backend.queue.get(job_id)
+        log.info("%s %s: trying again here", claimed.stage, job_id)
+        time.sleep(retry_delay * claimed.attempts)
+
+
+def _claim_pushed(
+    backend: Backend, job_id: str, worker_id: str, lease_seconds: float, take_over_within: float
+) -> Job:
+    """`claim_job`, waiting up to `take_over_within` s for a lease that is not renewed to end."""
+    deadline = time.monotonic() + take_over_within
+    seen: float | None = None
+    while True:
+        try:
+            return backend.queue.claim_job(job_id, worker_id, lease_seconds)
+        except ConflictError as error:
+            job = backend.queue.get(job_id)
+            expires = job.lease_expires_at
+            if job.state is not JobState.RUNNING or expires is None:
+                raise
+            if seen is not None and expires > seen:
+                raise ConflictError(
+                    f"{job_id} is running on {job.worker_id}: its lease was renewed"
+                ) from None
+            seen = expires
+            wait = max(0.05, expires - time.time() + TAKE_OVER_MARGIN_SECONDS)
+            if time.monotonic() + min(wait, LEASE_RECHECK_SECONDS) > deadline:
+                raise error from None
+            log.info("%s: waiting for the lease of %s to end", job_id, job.worker_id)
+            time.sleep(min(wait, LEASE_RECHECK_SECONDS))
 
 
 def _claim_any(

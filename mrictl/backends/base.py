@@ -146,6 +146,7 @@ class Job:
     worker_id: str | None = None
     lease_token: str | None = None
     lease_expires_at: float | None = None
+    batch_job_id: str | None = None  # the batch service's job that runs it (aws: AWS Batch)
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,23 @@ class JobQueue(Protocol):
     def logs(self, job_id: str) -> list[LogEntry]: ...
 
     def claims(self, job_id: str | None = None) -> list[Claim]: ...
+
+
+@runtime_checkable
+class BatchDispatch(Protocol):
+    """What a queue that hands jobs to a batch service (the aws backend: AWS Batch, for recon and
+    train) can say beyond the record; queues without one (local) do not implement it."""
+
+    def waiting_reason(self, job: Job) -> str | None:
+        """Why a queued job has not started yet, as the batch service tells it (no capacity, no
+        instance type that fits, a vCPU limit, its batch job over without running it); None
+        when there is nothing to say."""
+        ...
+
+    def batch_logs(self, job: Job) -> list[LogEntry]:
+        """The log lines the job's batch containers wrote (one entry per line, oldest first,
+        `worker_id` naming the log stream); [] when there are none."""
+        ...
 
 
 class WorkerProcesses(Protocol):

@@ -36,11 +36,19 @@ def recon_options(
     return {"acceleration": accel, "acs_lines": acs, "device": device, "iterations": iterations}
 
 
+TO_STORE = "s3"
+
+
 def upload(
     paths: Annotated[list[Path], typer.Argument(help="The scan's file(s).")],
     to: Annotated[
-        Path | None,
-        typer.Option("--to", help="Write the tar into this share folder (Storage Gateway)."),
+        str | None,
+        typer.Option(
+            "--to",
+            help="s3: the aws backend's store (the same as --backend aws); or a share folder "
+            "(a mounted Storage Gateway file share: ./s3 for a folder named s3) to write the "
+            "tar into.",
+        ),
     ] = None,
     method: MethodOption = None,
     accel: AccelOption = None,
@@ -54,9 +62,20 @@ def upload(
     from mrictl.pipeline.upload import upload as upload_scan
 
     output = Output(json)
-    if to is not None and not to.is_dir():
-        raise MrictlError(f"{to.name}: share folder does not exist", ExitCode.NOT_FOUND)
-    if to is not None and (method or accel is not None or acs is not None):
+    share = None
+    if to == TO_STORE:
+        if backend not in (None, "aws"):
+            raise MrictlError(
+                f"--to s3 sends to the aws backend's store, not the {backend!r} backend: "
+                "leave out --backend (or MRICTL_BACKEND)",
+                ExitCode.USAGE,
+            )
+        backend = "aws"
+    elif to is not None:
+        share = Path(to)
+        if not share.is_dir():
+            raise MrictlError(f"{share.name}: share folder does not exist", ExitCode.NOT_FOUND)
+    if share is not None and (method or accel is not None or acs is not None):
         # The share only carries the package: a request given here would be silently lost.
         raise MrictlError(
             "--method, --accel and --acs do not travel with --to: the share holds only the "
@@ -67,7 +86,7 @@ def upload(
         result = upload_scan(
             open_configured_backend(home, backend),
             paths,
-            to_dir=to,
+            to_dir=share,
             method=method or load_settings().method,
             options=recon_options(accel, acs, None, None),
             axis_order=axis_order,
@@ -135,9 +154,15 @@ def status(
     from mrictl.pipeline import jobs
 
     records = jobs.status(open_configured_backend(home, backend), job, state=state)
-    Output(json).result(
-        {"jobs": records}, lambda c: c.print(records_table(records, STATUS_COLUMNS))
-    )
+
+    def render(console) -> None:
+        console.print(records_table(records, STATUS_COLUMNS))
+        for record in records:
+            if record["waiting_reason"]:
+                line = f"{record['job_id']} waiting: {record['waiting_reason']}"
+                console.print(line, markup=False, highlight=False)
+
+    Output(json).result({"jobs": records}, render)
 
 
 @recon_app.command("watch")
@@ -187,14 +212,20 @@ def logs(
     backend: BackendOption = None,
     json: JsonFlag = False,
 ) -> None:
-    """The log lines of a job and of the jobs it led to."""
+    """The log lines of a job and of the jobs it led to; then, on AWS Batch, what their
+    containers wrote (marked [batch])."""
     from mrictl.pipeline import jobs
 
     entries = jobs.logs(open_configured_backend(home, backend), job)
 
     def render(console) -> None:
         for entry in entries:
-            console.print(f"{entry['at']} {entry['job_id']} #{entry['attempt']} {entry['message']}")
+            mark = " [batch]" if entry["source"] == "batch" else ""
+            console.print(
+                f"{entry['at']} {entry['job_id']}{mark} #{entry['attempt']} {entry['message']}",
+                markup=False,
+                highlight=False,
+            )
 
     Output(json).result({"job_id": job, "logs": entries}, render)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Annotated
 
@@ -38,8 +39,11 @@ def run(
 ) -> None:
     """Claim and run jobs until stopped (Ctrl-C or SIGTERM finishes the job in hand).
 
-    With --job, exit 0 when the job succeeded, 5 when it failed or was cancelled, 6 when it
-    was not claimable (running elsewhere, or already finished).
+    With --job, the job is run until it is final (a retryable failure is tried again here);
+    exit 0 when it succeeded, 5 when it failed or was cancelled, 6 when it was not claimable
+    (running elsewhere, or already finished: nothing to do), 130 when SIGTERM or Ctrl-C
+    stopped it (the job is handed back at once). As an AWS Batch retry (AWS_BATCH_JOB_ATTEMPT
+    above 1: the host of the last attempt failed), it first waits for that attempt's lease.
     """
     from mrictl.config import load_settings
     from mrictl.pipeline.stages import STAGE_NAMES, stage_named
@@ -58,7 +62,11 @@ def run(
     if job is not None:
         from mrictl.pipeline.jobs import job_record
 
-        record = job_record(run_job(store, job, lease_seconds=lease))
+        retried = os.environ.get("AWS_BATCH_JOB_ATTEMPT", "1")
+        take_over = lease + 30.0 if retried.isdigit() and int(retried) > 1 else 0.0
+        with stop_on_signals(threading.Event(), interrupt=True):
+            done_job = run_job(store, job, lease_seconds=lease, take_over_within=take_over)
+        record = job_record(done_job)
         output.result(record, f"{record['job_id']} {record['state']}")
         if record["state"] != "succeeded":
             raise typer.Exit(int(ExitCode.JOB_FAILED))

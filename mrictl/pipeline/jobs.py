@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from mrictl import keys
-from mrictl.backends.base import Backend, ConflictError, Job, JobState, NotFoundError
+from mrictl.backends.base import (
+    Backend,
+    BatchDispatch,
+    ConflictError,
+    Job,
+    JobState,
+    NotFoundError,
+)
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.pipeline.requests import recon_request, train_request
 from mrictl.pipeline.stages import FETCHABLE, STAGES
@@ -46,6 +53,8 @@ RECORD_FIELDS = (
     "next_job_id",
     "worker_id",
     "fallback",
+    "batch_job_id",
+    "waiting_reason",
 )
 
 # fetch --format NAME -> which output files it selects (by file name under the job's folder).
@@ -83,6 +92,8 @@ def job_record(job: Job) -> dict[str, Any]:
         "next_job_id": result.get("next_job_id"),
         "worker_id": job.worker_id,
         "fallback": result.get("fallback"),
+        "batch_job_id": job.batch_job_id,
+        "waiting_reason": None,
     }
 
 
@@ -184,9 +195,16 @@ def status(
     state: str | None = None,
     stage: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Records, oldest first: the one job (a list of one), or all, optionally filtered."""
+    """Records, oldest first: the one job (a list of one), or all, optionally filtered.
+
+    The one job's record says why it waits, where a batch service runs it and tells
+    (`waiting_reason`: no capacity, no instance type that fits, a vCPU limit ...)."""
     if job_id is not None:
-        return [get_record(backend, job_id)]
+        job = backend.queue.get(job_id)
+        record = job_record(job)
+        if isinstance(backend.queue, BatchDispatch):
+            record["waiting_reason"] = backend.queue.waiting_reason(job)
+        return [record]
     if state is not None and state not in {s.value for s in JobState}:
         raise MrictlError(f"unknown state {state!r}", ExitCode.USAGE)
     return [job_record(job) for job in backend.queue.list(state=state, stage=stage)]
@@ -222,13 +240,15 @@ def retry(backend: Backend, job_id: str) -> dict[str, Any]:
 
 
 def logs(backend: Backend, job_id: str, *, follow_chain: bool = True) -> list[dict[str, Any]]:
-    """Log lines of a job (and of the jobs it led to), oldest first."""
-    job_ids = [job_id]
-    if follow_chain:
-        job = backend.queue.get(job_id)
-        while job.result.get("next_job_id"):
-            job = backend.queue.get(job.result["next_job_id"])
-            job_ids.append(job.job_id)
+    """Log lines of a job (and of the jobs it led to), oldest first (`source` "record"); then,
+    where a batch service ran them, the lines their containers wrote (`source` "batch",
+    `worker_id` naming the log stream, `attempt` the container's attempt)."""
+    chain = [backend.queue.get(job_id)]
+    while follow_chain and chain[-1].result.get("next_job_id"):
+        chain.append(backend.queue.get(chain[-1].result["next_job_id"]))
+    entries = [(entry, "record") for job in chain for entry in backend.queue.logs(job.job_id)]
+    if isinstance(backend.queue, BatchDispatch):
+        entries += [(entry, "batch") for job in chain for entry in backend.queue.batch_logs(job)]
     return [
         {
             "job_id": entry.job_id,
@@ -236,9 +256,9 @@ def logs(backend: Backend, job_id: str, *, follow_chain: bool = True) -> list[di
             "attempt": entry.attempt,
             "worker_id": entry.worker_id,
             "message": entry.message,
+            "source": source,
         }
-        for each in job_ids
-        for entry in backend.queue.logs(each)
+        for entry, source in entries
     ]
 
 

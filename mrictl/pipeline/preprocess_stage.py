@@ -5,6 +5,16 @@ verifies checksums and formats, reads the scan, writes `preprocessed/<scan_id>.h
 recon (or train) job that was asked for. Idempotent: a scan already preprocessed is not
 converted again. Never imports torch: the Fargate service that runs it starts small and fast.
 
+Arrival: a scan has arrived when `uploads/<scan_id>.tar` holds its whole package, the manifest
+and every file it lists with matching SHA-256s, which `extract_package` checks here before
+anything is converted. That key never names part of a package: S3 objects appear whole (a
+single put, or a multipart upload once completed), `mrictl upload --to DIR` writes a hidden
+`.<name>.partial` file in the share and renames it when closed, and the Storage Gateway
+uploads a file only once it is closed (the rename reaches S3 as an object under the final
+key). Other names never match the raw bucket's event filter (`uploads/`, `.tar`) nor
+`keys.scan_id_of_upload`. A package truncated or altered anyway fails those checks: bad
+input, failed at once, never retried.
+
 Identifiers: the canonical file keeps the scan's patient and study identifiers (in its
 `ismrmrd_header`), because the DICOM output must be filed under the right patient and study.
 They stay inside that file in the store; keys, logs, job records, the manifest and result.json

@@ -1,20 +1,24 @@
-"""The aws backend: objects in S3, job records in DynamoDB, work delivered by SQS.
+"""The aws backend: objects in S3, job records in DynamoDB, work delivered by SQS and AWS Batch.
 
 - `store.py`: `S3ObjectStore`, keys onto the raw, preprocessed and reconstructed buckets by
   area, each object with its SHA-256 in its metadata, checked in transit and on every read.
 - `queue.py`: `AwsJobQueue`, job records as DynamoDB items fenced by conditional writes,
   idempotency keys as items of the same table, SQS messages (and raw-upload S3 events) as
-  deliveries to pulling workers; `records.py` encodes the items.
-- `resources.py`: `AwsResources`, the names of the stacks' buckets, queues and table, from what
-  `mrictl provision` saved and the MRICTL_AWS_* variables a container is given.
+  deliveries to pulling workers, Batch jobs as deliveries of recon and train jobs where the
+  stacks' Batch job queue and job definitions are known; `records.py` encodes the items.
+- `batch.py`: `BatchService`, submitting, stopping and describing those Batch jobs (why one is
+  still RUNNABLE) and reading their containers' CloudWatch logs.
+- `resources.py`: `AwsResources`, the names of the stacks' buckets, queues, table and Batch
+  resources, from what `mrictl provision` saved and the MRICTL_AWS_* variables a container is
+  given.
 
 Clients come from `mrictl.backends.AwsClients` (botocore's standard retry mode, so throttling is
 retried there). Worker processes started on this machine pull from the same queues.
 
-Not yet here: submitting recon and train jobs to AWS Batch (they wait on the recon queue), the
-CloudWatch log streams of Batch and ECS (`recon logs` shows the job record's lines), resumable
-uploads of large scans, the Storage Gateway's RefreshCache after a put, and restoring raw
-uploads from Glacier Deep Archive before a preprocess reads them.
+Not yet here: array jobs over the slices of a large volume (one Batch job runs a whole scan),
+reading scans from an FSx for Lustre path instead of S3, resumable uploads of large scans, the
+Storage Gateway's RefreshCache after a put, and restoring raw uploads from Glacier Deep Archive
+before a preprocess reads them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mrictl.backends.aws.batch import BatchService
 from mrictl.backends.aws.queue import RECEIVE_WAIT_SECONDS, UPLOAD_GRACE_SECONDS, AwsJobQueue
 from mrictl.backends.aws.resources import AwsResources
 from mrictl.backends.aws.store import S3ObjectStore
@@ -32,7 +37,7 @@ from mrictl.config import SECTION_ENVIRONMENT, AwsSettings
 if TYPE_CHECKING:
     from mrictl.backends import AwsClients
 
-__all__ = ["AwsBackend", "AwsJobQueue", "AwsResources", "S3ObjectStore"]
+__all__ = ["AwsBackend", "AwsJobQueue", "AwsResources", "BatchService", "S3ObjectStore"]
 
 
 class AwsBackend:
@@ -70,6 +75,7 @@ class AwsBackend:
             max_attempts,
             receive_wait_seconds=receive_wait_seconds,
             upload_grace_seconds=upload_grace_seconds,
+            batch=BatchService(clients.client, resources),
         )
 
     def start_worker_processes(self, count: int, arguments: list[str]) -> LocalWorkerProcesses:

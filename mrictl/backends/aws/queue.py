@@ -1,4 +1,5 @@
-"""The aws job queue: job records in DynamoDB, fenced by conditional writes; work delivered by SQS.
+"""The aws job queue: job records in DynamoDB, fenced by conditional writes; work delivered by SQS
+and AWS Batch.
 
 **Records.** One item per job in the job table (infra_templates/jobs.yaml), keyed by `job_id`,
 with the local backend's fields: `stage`, `state`, `payload` and `result` (JSON text), `error`,
@@ -6,11 +7,12 @@ with the local backend's fields: `stage`, `state`, `payload` and `result` (JSON 
 index), `worker_id`, `lease_token`, `lease_expires_at`, `created_at` (fixed-width seconds text,
 so the `by-parent` and `by-state` indexes sort by it, and `created_seconds`, the same number),
 `updated_at`, the job's `logs` and `claims` (lists, appended with `list_append`; logs keep their
-last MAX_LOG_LINES lines) and, once the job is final, `expires_at` (the table's TTL: records
-are kept RETENTION_DAYS). Every change of state is a conditional write on the item: a claim
-requires `queued` (or `running` under an expired lease, with its token), and heartbeat,
-complete and fail require the caller's lease token, `running` and a live lease; a write whose
-condition fails reads the item back and raises JobCancelledError or LeaseLostError.
+last MAX_LOG_LINES lines), `batch_job_id` for a job run by AWS Batch and, once the job is
+final, `expires_at` (the table's TTL: records are kept RETENTION_DAYS). Every change of state
+is a conditional write on the item: a claim requires `queued` (or `running` under an expired
+lease, with its token), and heartbeat, complete and fail require the caller's lease token,
+`running` and a live lease; a write whose condition fails reads the item back and raises
+JobCancelledError or LeaseLostError.
 
 **Idempotency keys** are items of the same table, `job_id = idempotency#<key>`, pointing at
 their job; the pointer and the job are written in one transaction, each on condition that it
@@ -31,6 +33,17 @@ preprocess job, under the same idempotency key the CLI uses; an event is given
 UPLOAD_GRACE_SECONDS for the CLI's own enqueue (which carries the user's method) to land first.
 `claim_job(id)` is the push path (a Batch container): no message is involved, and what the job
 left on a queue is deleted when next received.
+
+**Batch.** Where this process knows the Batch job queue and a stage's job definition (a
+workstation from the provision outputs, the preprocess service from its variables), a job of
+that stage (recon, train) gets no message: `enqueue` submits a Batch job that runs it
+(`batch.py`) and records its id (`batch_job_id`), under a short lock on the record
+(`dispatching_until`) so that two processes queueing the same job submit once. A retryable
+failure sends nothing (the container runs the job again itself, or Batch retries a host
+failure); `cancel` also stops the Batch job; `retry` of a failed or cancelled job submits a new
+one, and so does `retry` of a job Batch will not run (queued while its Batch job ended).
+`waiting_reason` and `batch_logs` say what Batch says: why a queued job is not running yet, and
+what its containers wrote to CloudWatch Logs.
 
 The queues' own dead-letter queues (`maxReceiveCount` in infra_templates/storage.yaml, 5 by
 default) are a backstop above `max_attempts`: a job's attempts are counted on its record, and
@@ -59,6 +72,7 @@ from urllib.parse import unquote_plus
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mrictl import keys
+from mrictl.backends.aws.batch import BatchService
 from mrictl.backends.aws.records import (
     FINAL_STATES,
     JOB_FIELDS,
@@ -95,6 +109,7 @@ RECEIVE_BATCH = 10
 DECIDE_SECONDS = 30  # a received message stays hidden while this process decides about it
 MAX_VISIBILITY_SECONDS = 43200  # SQS's limit
 UPLOAD_GRACE_SECONDS = 30.0
+DISPATCH_LOCK_SECONDS = 60.0  # one process submits a job's Batch job; a crashed one's lock ends
 STAGE_ATTRIBUTE = "stage"
 
 
@@ -139,8 +154,10 @@ class AwsJobQueue:
         receive_wait_seconds: int = RECEIVE_WAIT_SECONDS,
         upload_grace_seconds: float = UPLOAD_GRACE_SECONDS,
         retention_days: float = RETENTION_DAYS,
+        batch: BatchService | None = None,
     ) -> None:
         self.dynamodb = dynamodb_client
+        self.batch = batch
         self.sqs = sqs_client
         self.resources = resources
         self.table = resources.job_table
@@ -164,15 +181,51 @@ class AwsJobQueue:
         idempotency_key: str | None = None,
         max_attempts: int | None = None,
     ) -> str:
-        queue_url = self.resources.require_queue(stage)
+        by_batch = self._runs_on_batch(stage)
+        queue_url = None if by_batch else self.resources.require_queue(stage)
         job_id, created, state = self._create(
             stage, payload, parent_id, idempotency_key, max_attempts
         )
-        # A job found under its key that is still queued gets a message too: the one it had
-        # may have been lost (a failed send, a dead-letter queue); claims deduplicate.
+        # A job found under its key that is still queued is delivered again: its message may
+        # have been lost (a failed send, a dead-letter queue; claims deduplicate); its Batch
+        # job is submitted if it has none (a submission that failed half-way).
         if created or state == JobState.QUEUED.value:
-            self._send(queue_url, job_id, stage)
+            if queue_url is None:
+                self._dispatch(job_id, stage)
+            else:
+                self._send(queue_url, job_id, stage)
         return job_id
+
+    def _runs_on_batch(self, stage: str) -> bool:
+        return self.batch is not None and self.batch.runs(stage)
+
+    def _dispatch(self, job_id: str, stage: str) -> None:
+        """Submit the Batch job of a queued job that has none, once: a short lock on the record
+        keeps two processes queueing the same job (a preprocess delivered twice) from both
+        submitting; a submission that fails releases it, so the next delivery submits."""
+        assert self.batch is not None
+        now = self.clock()
+        lock = Update().set("dispatching_until", now + DISPATCH_LOCK_SECONDS)
+        until = lock.name("dispatching_until")
+        condition = (
+            f"{lock.name('state')} = {lock.value(JobState.QUEUED.value)}"
+            f" AND attribute_not_exists({lock.name('batch_job_id')})"
+            f" AND (attribute_not_exists({until}) OR {until} < {lock.value(now)})"
+        )
+        try:
+            self._write(job_id, lock, condition)
+        except ConditionFailed:
+            return  # it has its Batch job, one is being submitted, or it is no longer queued
+        try:
+            batch_job_id = self.batch.submit(stage, job_id)
+        except BackendError:
+            release = Update().remove("dispatching_until")
+            with contextlib.suppress(ConditionFailed, BackendError):
+                self._write(job_id, release, f"attribute_exists({release.name('state')})")
+            raise
+        record = Update().set("batch_job_id", batch_job_id).remove("dispatching_until")
+        self._write(job_id, record, f"attribute_exists({record.name('state')})")
+        self.append_log(job_id, f"submitted to AWS Batch as {batch_job_id}")
 
     def _create(
         self,
@@ -532,9 +585,11 @@ class AwsJobQueue:
                 self._delete(*delivery)
         elif delivery is None or not self._change_visibility(*delivery, 0):
             # Pushed (no message in hand) or the message was taken back: send a new one where
-            # this process knows the queue. A Batch container does not: Batch retries the job.
+            # this process knows the queue. A job run by Batch gets none: the container that
+            # held it runs it again (mrictl.worker.run_job), or Batch retries it after a host
+            # failure, or `recon retry` submits it again.
             queue_url = self.resources.queue_for(job.stage)
-            if queue_url is not None:
+            if queue_url is not None and job.batch_job_id is None:
                 self._send(queue_url, job.job_id, job.stage)
         return state
 
@@ -563,19 +618,32 @@ class AwsJobQueue:
             now_state = lost.item["state"] if lost.item else "gone"
             raise ConflictError(f"{job_id} already {now_state}: nothing to cancel") from None
         self.append_log(job_id, f"cancelled while {before}")
+        batch_job_id = item.get("batch_job_id")
+        if batch_job_id and self.batch is not None:
+            # The record is the fence already: a container that still starts finds the job
+            # cancelled; stopping the Batch job saves its instance.
+            try:
+                self.batch.terminate(batch_job_id)
+                self.append_log(job_id, f"stopped AWS Batch job {batch_job_id}")
+            except BackendError as error:
+                self.append_log(job_id, f"AWS Batch job {batch_job_id} not stopped: {error}")
         return self.get(job_id)
 
     def retry(self, job_id: str) -> Job:
-        item = self._item(job_id, JOB_FIELDS)
+        item = self._item(job_id, (*JOB_FIELDS, "dispatching_until"))
         if item is None:
             raise NotFoundError(f"{job_id}: no such job")
         before = item["state"]
         retryable = (JobState.FAILED.value, JobState.CANCELLED.value)
+        by_batch = self._runs_on_batch(item["stage"])
         if before not in retryable:
+            if by_batch and self._stalled(item):
+                return self._dispatch_again(item)
             raise ConflictError(f"{job_id} is {before}: only failed or cancelled jobs retry")
-        queue_url = self.resources.require_queue(item["stage"])
+        queue_url = None if by_batch else self.resources.require_queue(item["stage"])
         update = Update().set("state", JobState.QUEUED.value).set("attempts", 0)
         update.set("updated_at", self.clock()).remove("error", "worker_id", "expires_at")
+        update.remove("batch_job_id", "dispatching_until")
         state = update.name("state")
         condition = f"{state} IN ({update.value(retryable[0])}, {update.value(retryable[1])})"
         try:
@@ -586,8 +654,78 @@ class AwsJobQueue:
                 f"{job_id} is {now_state}: only failed or cancelled jobs retry"
             ) from None
         self.append_log(job_id, f"queued again after {before}")
-        self._send(queue_url, job_id, item["stage"])
+        if queue_url is None:
+            self._dispatch(job_id, item["stage"])
+        else:
+            self._send(queue_url, job_id, item["stage"])
         return self.get(job_id)
+
+    def _stalled(self, item: Mapping[str, Any]) -> bool:
+        """A job that Batch will not run: queued (or running under an expired lease) while its
+        Batch job ended or is gone (a container that could not start, one stopped by a timeout
+        after handing the job back), or with no Batch job and no submission under way."""
+        now = self.clock()
+        waiting = item["state"] == JobState.QUEUED.value or (
+            item["state"] == JobState.RUNNING.value and item["lease_expires_at"] < now
+        )
+        if not waiting or self.batch is None:
+            return False
+        if item.get("batch_job_id"):
+            return self.batch.is_over(item["batch_job_id"])
+        return item["state"] == JobState.QUEUED.value and (item.get("dispatching_until") or 0) < now
+
+    def _dispatch_again(self, item: Mapping[str, Any]) -> Job:
+        """Submit a new Batch job for a stalled job, its record otherwise unchanged (its
+        attempts go on; the container takes over an expired lease)."""
+        job_id = item["job_id"]
+        update = Update().set("state", JobState.QUEUED.value).set("updated_at", self.clock())
+        update.remove("batch_job_id", "dispatching_until", "lease_token", "lease_expires_at")
+        condition = f"{update.name('state')} = {update.value(item['state'])}"
+        if item.get("batch_job_id"):
+            condition += (
+                f" AND {update.name('batch_job_id')} = {update.value(item['batch_job_id'])}"
+            )
+        if item["state"] == JobState.RUNNING.value:
+            condition += f" AND {update.name('lease_token')} = {update.value(item['lease_token'])}"
+        try:
+            self._write(job_id, update, condition)
+        except ConditionFailed as lost:
+            now_state = lost.item["state"] if lost.item else "gone"
+            raise ConflictError(
+                f"{job_id} changed meanwhile (now {now_state}): try again"
+            ) from None
+        old = item.get("batch_job_id")
+        said = f"its AWS Batch job {old} ran nothing" if old else "it had no AWS Batch job"
+        self.append_log(job_id, f"{said}: submitting another")
+        self._dispatch(job_id, item["stage"])
+        return self.get(job_id)
+
+    # What Batch says ---------------------------------------------------------------------------
+
+    def waiting_reason(self, job: Job) -> str | None:
+        if job.state is not JobState.QUEUED or not self._runs_on_batch(job.stage):
+            return None
+        try:
+            if job.batch_job_id is None:
+                item = self._item(job.job_id, ("job_id", "state", "dispatching_until"))
+                if item and (item.get("dispatching_until") or 0) >= self.clock():
+                    return "being submitted to AWS Batch"
+                return (
+                    "not submitted to AWS Batch (the submission failed): `mrictl recon retry` "
+                    "submits it"
+                )
+            return self.batch.waiting_reason(job.batch_job_id)
+        except BackendError as error:
+            return f"AWS Batch could not be asked why: {error}"
+
+    def batch_logs(self, job: Job) -> list[LogEntry]:
+        if self.batch is None or job.batch_job_id is None:
+            return []
+        try:
+            return self.batch.log_entries(job.job_id, job.stage, job.batch_job_id)
+        except BackendError as error:
+            message = f"the container logs could not be read: {error}"
+            return [LogEntry(job.job_id, self.clock(), job.attempts, job.batch_job_id, message)]
 
     # Reading -----------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ JOB_FIELDS = (
     "created_at",
     "created_seconds",
     "updated_at",
+    "batch_job_id",
 )
 FINAL_STATES = tuple(state.value for state in JobState if state.is_final)
 
@@ -154,4 +155,5 @@ def job_from_item(item: Mapping[str, Any], *, with_lease: bool = False) -> Job:
         worker_id=item.get("worker_id"),
         lease_token=item.get("lease_token") if with_lease else None,
         lease_expires_at=item.get("lease_expires_at"),
+        batch_job_id=item.get("batch_job_id"),
     )

@@ -28,6 +28,14 @@ SOURCES: dict[str, tuple[str, str]] = {
     "batch_job_queue": ("BatchJobQueueArn", "MRICTL_AWS_BATCH_JOB_QUEUE"),
     "recon_job_definition": ("ReconJobDefinitionArn", "MRICTL_AWS_RECON_JOB_DEFINITION"),
     "train_job_definition": ("TrainJobDefinitionArn", "MRICTL_AWS_TRAIN_JOB_DEFINITION"),
+    "recon_log_group": ("ReconLogGroupName", "MRICTL_AWS_RECON_LOG_GROUP"),
+    "train_log_group": ("TrainLogGroupName", "MRICTL_AWS_TRAIN_LOG_GROUP"),
+}
+# Stages run as AWS Batch jobs where the Batch job queue and the stage's job definition are
+# known -> the fields naming that definition and the log group of its containers.
+BATCH_STAGES = {
+    "recon": ("recon_job_definition", "recon_log_group"),
+    "train": ("train_job_definition", "train_log_group"),
 }
 
 # Key area (the first component of every key, mrictl.keys) -> the field naming its bucket.
@@ -59,6 +67,8 @@ class AwsResources:
     batch_job_queue: str | None = None
     recon_job_definition: str | None = None
     train_job_definition: str | None = None
+    recon_log_group: str | None = None
+    train_log_group: str | None = None
 
     @classmethod
     def from_sources(cls, outputs: Mapping[str, str], environ: Mapping[str, str]) -> AwsResources:
@@ -113,6 +123,17 @@ class AwsResources:
         """The SQS queue delivering jobs of `stage` (None where this process was not told):
         preprocess jobs (and raw-upload events) on one, every later stage on the other."""
         return self.preprocess_queue_url if stage == PREPROCESS_STAGE else self.recon_queue_url
+
+    def batch_definition_for(self, stage: str) -> str | None:
+        """The Batch job definition that runs `stage`, where this process may submit it (the
+        job queue and the definition both known); None: the stage goes through SQS."""
+        if stage not in BATCH_STAGES or not self.batch_job_queue:
+            return None
+        return getattr(self, BATCH_STAGES[stage][0])
+
+    def log_group_for(self, stage: str) -> str | None:
+        """The log group of `stage`'s Batch containers, where this process was told it."""
+        return getattr(self, BATCH_STAGES[stage][1]) if stage in BATCH_STAGES else None
 
     def require_queue(self, stage: str) -> str:
         return self.require(
