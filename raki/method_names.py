@@ -6,7 +6,9 @@ themselves are in `raki.methods`, which re-exports these names.
 
 from __future__ import annotations
 
-METHODS = ("raki", "rraki", "grappa", "zerofill")
+METHODS = ("raki", "rraki", "grappa", "cs", "zerofill")
 DEFAULT_METHOD = "rraki"
 # The methods whose networks are trained on the ACS (`raki.train`).
 NEURAL_METHODS = ("raki", "rraki")
+# The regularisers of "cs" (`raki.sense`): L1-wavelet compressed sensing, Tikhonov CG-SENSE.
+CS_REGULARIZERS = ("l1-wavelet", "tikhonov")

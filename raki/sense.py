@@ -1,0 +1,321 @@
+"""Regularised SENSE with ESPIRiT maps: Tikhonov CG-SENSE and L1-wavelet compressed sensing.
+
+The forward model of one slice (Pruessmann et al., MRM 46:638-651, 2001; with ESPIRiT's map
+sets, Uecker et al., MRM 71:990-1001, 2014) takes an image of one component per map set,
+x [set, x, y], to the acquired k-space of every coil,
+
+    A x = M F sum_s S_s x_s,
+
+with S_s [coil, x, y] the maps, F the centred orthonormal 2D FFT (`raki.fft`) and M the ky
+sampling mask. Two estimates of x:
+
+- Tikhonov ("CG-SENSE"): argmin ||A x - y||^2 + lambda ||x||^2, by conjugate gradients on
+  (A^H A + lambda I) x = A^H y.
+- L1-wavelet (Lustig et al., MRM 58:1182-1195, 2007): argmin 1/2 ||A x - y||^2 +
+  lambda ||W x||_1 over the detail coefficients of an orthogonal Daubechies wavelet W
+  (`raki.wavelet`), by FISTA (Beck and Teboulle, SIAM J Imaging Sci 2:183-202, 2009). At each
+  voxel the maps of the sets are orthonormal (eigenvectors of one Hermitian matrix) or zero,
+  so ||A^H A|| <= 1 and the gradient step is 1.
+
+Both stop after a fixed number of iterations or when an iteration changes x by less than
+`tolerance` relative to its norm. The coil k-space of the result is F S x with the acquired
+lines put back as measured, so the image is the RSS of coil images, like every other method's.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raki.errors import InvalidScanError
+from raki.espirit import DEFAULT_KERNEL_WIDTH, EspiritMaps, espirit_maps
+from raki.method_names import CS_REGULARIZERS
+from raki.scan import Scan
+from raki.wavelet import Wavelet2d
+
+REGULARIZERS = CS_REGULARIZERS
+DEFAULT_REGULARIZER = "l1-wavelet"
+DEFAULT_WAVELET = "db2"
+CG_ITERATIONS = 50
+# With cycle spinning, 50 FISTA iterations scored as well as 100 and 200 on the brain files
+# and a phantom (docs/benchmarks.md), in half the time.
+FISTA_ITERATIONS = 50
+DEFAULT_TOLERANCE = 1e-4
+# The automatic weights, from the noise level sigma of the ACS (`raki.espirit.noise_level`):
+# L1: lambda = scale x sigma; Tikhonov: lambda = scale x sigma^2 / (ACS energy per voxel).
+# Both scales measured against the best weight by reference NMSE on every shared file at
+# R = 3..6 and on noisy phantoms (scripts/bench/cs_peer.py, docs/benchmarks.md).
+L1_WEIGHT_SCALE = 0.18
+TIKHONOV_WEIGHT_SCALE = 4.0
+
+
+@functools.lru_cache(maxsize=16)
+def _checkerboard(nx: int, ny: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(-1)^(x + y) [x, y] and the same times (-1)^(nx/2 + ny/2): an even-sized FFT's centring
+    shifts as signs on its input and its output."""
+    x = torch.arange(nx, device=device)[:, None]
+    y = torch.arange(ny, device=device)[None, :]
+    signs = (1 - 2 * ((x + y) % 2)).to(torch.float32)
+    return signs, signs * (1 - 2 * ((nx // 2 + ny // 2) % 2))
+
+
+def _centred(transform: Callable[..., torch.Tensor], data: torch.Tensor) -> torch.Tensor:
+    """fftshift(transform(ifftshift(data))): for even sizes, a sign pattern on either side,
+    since moving the origin by N/2 multiplies the other domain by (-1)^k (copies of shifted
+    arrays cost CPUs several FFTs' time)."""
+    nx, ny = data.shape[-2:]
+    if nx % 2 or ny % 2:
+        shifted = torch.fft.ifftshift(data, dim=(-2, -1))
+        return torch.fft.fftshift(transform(shifted, norm="ortho"), dim=(-2, -1))
+    before, after = _checkerboard(nx, ny, data.device)
+    return transform(data * before, norm="ortho") * after
+
+
+def fft2c(image: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal 2D FFT over the last two axes (as `raki.fft.fft2c`)."""
+    return _centred(torch.fft.fft2, image)
+
+
+def ifft2c(kspace: torch.Tensor) -> torch.Tensor:
+    """Centred orthonormal inverse 2D FFT over the last two axes (as `raki.fft.ifft2c`)."""
+    return _centred(torch.fft.ifft2, kspace)
+
+
+@dataclass(frozen=True)
+class SenseOperator:
+    """A x = M F sum_s S_s x_s for one slice: maps [set, coil, x, y], sampled ky lines [ky]."""
+
+    maps: torch.Tensor
+    sampled: torch.Tensor
+
+    @classmethod
+    def build(
+        cls, maps: np.ndarray, sampled: np.ndarray, device: torch.device | str = "cpu"
+    ) -> SenseOperator:
+        return cls(
+            torch.as_tensor(np.ascontiguousarray(maps, dtype=np.complex64), device=device),
+            torch.as_tensor(np.asarray(sampled, dtype=bool), device=device),
+        )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        sets, _, nx, ny = self.maps.shape
+        return (sets, nx, ny)
+
+    def coil_images(self, image: torch.Tensor) -> torch.Tensor:
+        """sum_s S_s x_s: [coil, x, y]."""
+        return (self.maps * image[:, None]).sum(0)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return fft2c(self.coil_images(image)) * self.sampled
+
+    def adjoint(self, kspace: torch.Tensor) -> torch.Tensor:
+        coil_images = ifft2c(kspace * self.sampled)
+        return (self.maps.conj() * coil_images).sum(1)
+
+    def normal(self, image: torch.Tensor) -> torch.Tensor:
+        return self.adjoint(self.forward(image))
+
+
+def _relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
+    return float(
+        torch.linalg.vector_norm(new - old) / torch.linalg.vector_norm(new).clamp_min(1e-30)
+    )
+
+
+def cg_sense(
+    operator: SenseOperator,
+    kspace: torch.Tensor,
+    lam: float,
+    *,
+    iterations: int = CG_ITERATIONS,
+    tolerance: float = DEFAULT_TOLERANCE,
+    start: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, int]:
+    """argmin ||A x - y||^2 + lam ||x||^2 by conjugate gradients; (x, iterations run).
+
+    Stops when the residual of the normal equations falls below `tolerance` times A^H y.
+    """
+    rhs = operator.adjoint(kspace)
+    x = torch.zeros_like(rhs) if start is None else start.clone()
+    residual = rhs - (operator.normal(x) + lam * x)
+    direction = residual.clone()
+    power = torch.vdot(residual.flatten(), residual.flatten()).real
+    target = (tolerance * torch.linalg.vector_norm(rhs)) ** 2
+    done = 0
+    for done in range(1, iterations + 1):
+        if power <= target:
+            done -= 1
+            break
+        applied = operator.normal(direction) + lam * direction
+        step = power / torch.vdot(direction.flatten(), applied.flatten()).real
+        x = x + step * direction
+        residual = residual - step * applied
+        new_power = torch.vdot(residual.flatten(), residual.flatten()).real
+        direction = residual + (new_power / power) * direction
+        power = new_power
+    return x, done
+
+
+def soft_threshold(values: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """Complex soft thresholding: shrink magnitudes by `threshold`, keep phases."""
+    magnitude = values.abs()
+    return values * torch.clamp(1 - threshold / magnitude.clamp_min(1e-30), min=0)
+
+
+def l1_wavelet_sense(
+    operator: SenseOperator,
+    kspace: torch.Tensor,
+    lam: float,
+    *,
+    iterations: int = FISTA_ITERATIONS,
+    tolerance: float = DEFAULT_TOLERANCE,
+    wavelet: str = DEFAULT_WAVELET,
+    start: torch.Tensor | None = None,
+    shifts: bool = True,
+    seed: int = 0,
+) -> tuple[torch.Tensor, int]:
+    """argmin 1/2 ||A x - y||^2 + lam ||W x||_1 (detail coefficients) by FISTA, step 1.
+
+    With `shifts`, every iteration moves the wavelet grid by a random number of pixels
+    (seeded), so that no block edge of the wavelet stays in one place (cycle spinning).
+    """
+    _, nx, ny = operator.image_shape
+    transform = Wavelet2d((nx, ny), wavelet, device=kspace.device)
+    details = transform.detail_mask(kspace.device)
+    threshold = torch.where(details, lam, 0.0).to(torch.float32)
+    rhs = operator.adjoint(kspace)
+    x = rhs.clone() if start is None else start.clone()
+    momentum_point = x
+    t = 1.0
+    done = 0
+    generator = np.random.default_rng(seed)
+    period = 2**transform.levels
+    while done < iterations:
+        done += 1
+        gradient_step = momentum_point - (operator.normal(momentum_point) - rhs)
+        shift = tuple(int(v) for v in generator.integers(0, period, 2)) if shifts else (0, 0)
+        shifted = torch.roll(gradient_step, shift, dims=(-2, -1))
+        new_x = transform.inverse(soft_threshold(transform.forward(shifted), threshold))
+        new_x = torch.roll(new_x, (-shift[0], -shift[1]), dims=(-2, -1))
+        new_t = (1 + np.sqrt(1 + 4 * t * t)) / 2
+        momentum_point = new_x + ((t - 1) / new_t) * (new_x - x)
+        change = _relative_change(new_x, x)
+        x, t = new_x, new_t
+        if change < tolerance:
+            break
+    return x, done
+
+
+Solver = Callable[..., tuple[torch.Tensor, int]]
+SOLVERS: dict[str, Solver] = {"l1-wavelet": l1_wavelet_sense, "tikhonov": cg_sense}
+
+
+def solver_for(regularizer: str) -> Solver:
+    if regularizer not in SOLVERS:
+        raise InvalidScanError(
+            f"unknown regulariser {regularizer!r}; choose one of {', '.join(REGULARIZERS)}"
+        )
+    return SOLVERS[regularizer]
+
+
+def coil_kspace(
+    operator: SenseOperator, image: torch.Tensor, measured: torch.Tensor
+) -> torch.Tensor:
+    """F S x [coil, kx, ky] with the acquired lines put back as measured (data consistency)."""
+    predicted = fft2c(operator.coil_images(image))
+    return torch.where(operator.sampled, measured, predicted)
+
+
+def automatic_weight(regularizer: str, maps: EspiritMaps, acs: np.ndarray) -> float:
+    """The regularisation weight for one slice from its data alone (no reference).
+
+    The ACS noise level sigma (per k-space sample; `raki.espirit.noise_level`) is also the
+    noise of A^H y per voxel, because the maps have unit norm: the L1 soft threshold is a
+    fixed fraction of it. Tikhonov's lambda is a noise-to-signal power ratio: sigma^2 over the
+    ACS energy per voxel of the image (the ACS holds nearly all of the image's energy).
+    """
+    solver_for(regularizer)
+    sigma = maps.noise_level
+    if regularizer == "l1-wavelet":
+        return L1_WEIGHT_SCALE * sigma
+    voxels = maps.maps.shape[-2] * maps.maps.shape[-1]
+    power = float(np.sum(np.abs(acs) ** 2)) / voxels
+    return TIKHONOV_WEIGHT_SCALE * sigma**2 / power if power > 0 else 0.0
+
+
+@dataclass
+class SenseReconstruction:
+    """Filled k-space [slice, coil, kx, ky] and, per slice, how it was made."""
+
+    kspace: np.ndarray
+    regularizer: str
+    weights: list[float]
+    noise_levels: list[float]
+    map_sets: list[int]
+    iterations: list[int]
+    automatic: bool  # the weights were chosen from the data (`automatic_weight`)
+    maps_seconds: float = 0.0
+    solve_seconds: float = 0.0
+
+    def details(self) -> dict[str, object]:
+        """Facts for ReconResult.details."""
+        return {
+            "regularizer": self.regularizer,
+            "weights": self.weights,
+            "weight_rule": "automatic" if self.automatic else "given",
+            "noise_levels": self.noise_levels,
+            "map_sets": self.map_sets,
+            "iterations": self.iterations,
+        }
+
+
+def reconstruct_sense(
+    scan: Scan,
+    regularizer: str = DEFAULT_REGULARIZER,
+    *,
+    weight: float | None = None,
+    device: torch.device | str = "cpu",
+    iterations: int | None = None,
+    wavelet: str = DEFAULT_WAVELET,
+) -> SenseReconstruction:
+    """Regularised SENSE of every slice with ESPIRiT maps from its ACS; acquired lines kept.
+
+    `weight` None chooses lambda per slice (`automatic_weight`); a number is used as given,
+    on the k-space's scale. `iterations` caps the solver (default: its own).
+    """
+    solve = solver_for(regularizer)
+    if scan.acs is None or scan.acs.lines < DEFAULT_KERNEL_WIDTH:
+        lines = 0 if scan.acs is None else scan.acs.lines
+        raise InvalidScanError(
+            f"cs calibrates ESPIRiT maps on an ACS block of at least {DEFAULT_KERNEL_WIDTH} "
+            f"lines; this scan has {lines}"
+        )
+    acs = scan.acs_kspace()
+    result = SenseReconstruction(
+        np.empty_like(scan.kspace), regularizer, [], [], [], [], automatic=weight is None
+    )
+    options = {} if iterations is None else {"iterations": int(iterations)}
+    if regularizer == "l1-wavelet":
+        options["wavelet"] = wavelet
+    for index in range(scan.num_slices):
+        started = time.perf_counter()
+        maps = espirit_maps(acs[index], scan.matrix, device=device)
+        solving = time.perf_counter()
+        lam = automatic_weight(regularizer, maps, acs[index]) if weight is None else weight
+        operator = SenseOperator.build(maps.maps, scan.sampled, device)
+        measured = torch.as_tensor(scan.kspace[index], device=device)
+        image, done = solve(operator, measured, lam, **options)
+        result.kspace[index] = coil_kspace(operator, image, measured).cpu().numpy()
+        result.maps_seconds += solving - started
+        result.solve_seconds += time.perf_counter() - solving
+        result.weights.append(float(lam))
+        result.noise_levels.append(maps.noise_level)
+        result.map_sets.append(maps.sets)
+        result.iterations.append(done)
+    return result

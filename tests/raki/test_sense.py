@@ -1,0 +1,136 @@
+"""Regularised SENSE (`--method cs`): the phantom's known image comes back, lines stay measured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raki.errors import InvalidScanError
+from raki.fft import rss_image
+from raki.io import read_scan
+from raki.methods import reconstruct
+from raki.metrics import nmse
+from raki.phantom import coil_sensitivities, simulate_scan
+from raki.sense import SenseOperator, cg_sense, coil_kspace, reconstruct_sense
+from raki.wavelet import Wavelet2d
+
+
+@pytest.fixture(scope="module")
+def clean_phantom():
+    return simulate_scan((64, 48), num_coils=8, snr=np.inf, seed=3)
+
+
+@pytest.fixture(scope="module")
+def noisy_phantom():
+    return simulate_scan((64, 48), num_coils=8, snr=10, seed=3)
+
+
+def test_operator_adjoint_is_the_adjoint():
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(2, 4, 16, 12, dtype=torch.complex64, generator=generator)
+    sampled = torch.arange(12) % 3 == 0
+    operator = SenseOperator(maps, sampled)
+    image = torch.randn(2, 16, 12, dtype=torch.complex64, generator=generator)
+    kspace = torch.randn(4, 16, 12, dtype=torch.complex64, generator=generator)
+    left = torch.vdot(operator.forward(image).flatten(), kspace.flatten())
+    right = torch.vdot(image.flatten(), operator.adjoint(kspace).flatten())
+    assert abs(complex(left) - complex(right)) < 1e-3 * abs(complex(left))
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (20, 12), (63, 64), (9, 7)])
+@pytest.mark.parametrize("name", ["db1", "db2", "db4"])
+def test_wavelet_is_orthogonal(shape, name):
+    transform = Wavelet2d(shape, name)
+    generator = torch.Generator().manual_seed(1)
+    image = torch.randn(2, *shape, dtype=torch.complex64, generator=generator)
+    coefficients = transform.forward(image)
+    assert torch.linalg.vector_norm(coefficients) == pytest.approx(
+        float(torch.linalg.vector_norm(image)), rel=1e-5
+    )
+    assert torch.allclose(transform.inverse(coefficients), image, atol=1e-5)
+
+
+@pytest.mark.parametrize("acceleration", [2, 3, 4])
+def test_cg_sense_with_the_true_maps_gives_the_phantom_back(clean_phantom, acceleration):
+    scan = clean_phantom.undersampled(acceleration, 16)
+    maps = coil_sensitivities(8, scan.matrix)[None]
+    operator = SenseOperator.build(maps, scan.sampled)
+    measured = torch.from_numpy(scan.kspace[0])
+    image, _ = cg_sense(operator, measured, 0.0, iterations=100, tolerance=1e-7)
+    filled = coil_kspace(operator, image, measured).numpy()[None]
+    assert nmse(rss_image(clean_phantom.kspace), rss_image(filled)) < 1e-6
+
+
+@pytest.mark.parametrize("acceleration", [2, 3, 4])
+def test_cg_sense_with_espirit_maps_recovers_the_phantom_and_keeps_acquired_lines(
+    clean_phantom, acceleration
+):
+    scan = clean_phantom.undersampled(acceleration, 16)
+    result = reconstruct_sense(scan, "tikhonov", weight=0.0)
+    assert nmse(rss_image(clean_phantom.kspace), rss_image(result.kspace)) < 1e-3
+    assert np.array_equal(result.kspace[..., scan.sampled], scan.kspace[..., scan.sampled])
+    assert result.map_sets == [1] and result.weights == [0.0]
+
+
+def nmse_of(scan, full, **options) -> float:
+    return nmse(rss_image(full.kspace), rss_image(reconstruct_sense(scan, **options).kspace))
+
+
+def test_l1_wavelet_with_the_automatic_weight_beats_zero_fill_and_plain_sense(noisy_phantom):
+    scan = noisy_phantom.undersampled(4, 16)
+    automatic = nmse_of(scan, noisy_phantom)
+    plain = nmse_of(scan, noisy_phantom, regularizer="tikhonov", weight=0.0)
+    zero_filled = nmse(rss_image(noisy_phantom.kspace), rss_image(scan.kspace))
+    assert automatic < 0.3 * plain
+    assert automatic < 0.1 * zero_filled
+    tikhonov = nmse_of(scan, noisy_phantom, regularizer="tikhonov")
+    assert tikhonov < plain
+
+
+def test_automatic_weight_is_near_the_best_weight_by_reference(noisy_phantom):
+    scan = noisy_phantom.undersampled(4, 16)
+    automatic = reconstruct_sense(scan)
+    chosen = automatic.weights[0]
+    factors = 2.0 ** np.arange(-3, 4)
+    scores = [nmse_of(scan, noisy_phantom, weight=chosen * f) for f in factors]
+    best = factors[int(np.argmin(scores))]
+    assert 1 / 3 <= best <= 3
+    assert scores[3] <= 1.2 * min(scores)
+
+
+def test_cs_is_a_method_with_timings_and_details(noisy_phantom):
+    scan = noisy_phantom.undersampled(3, 16)
+    result = reconstruct(scan, "cs", device="cpu", iterations=20)
+    assert result.method == "cs"
+    assert result.image.shape == (1, 64, 48)
+    assert {"maps_s", "solve_s", "total_s"} <= set(result.timings)
+    assert result.details["regularizer"] == "l1-wavelet"
+    assert result.details["weight_rule"] == "automatic"
+    assert result.details["iterations"] == [20]
+    tikhonov = reconstruct(scan, "cs", device="cpu", regularizer="tikhonov")
+    assert tikhonov.details["regularizer"] == "tikhonov"
+
+
+def test_what_cs_cannot_do_is_refused(noisy_phantom):
+    with pytest.raises(InvalidScanError, match="ACS block of at least 6"):
+        reconstruct(noisy_phantom.undersampled(4, 4), "cs", device="cpu")
+    with pytest.raises(InvalidScanError, match="unknown regulariser"):
+        reconstruct(noisy_phantom.undersampled(4, 16), "cs", regularizer="tv")
+
+
+@pytest.mark.parametrize(
+    ("name", "acs_lines", "map_sets"),
+    [("brain_16ch_64x64.h5", 20, [1]), ("brain_8ch_320x168.h5", 32, [2])],
+)
+def test_real_brains_at_r4_beat_grappa(shared_data, name, acs_lines, map_sets):
+    path = shared_data / name
+    if not path.is_file():
+        pytest.skip(f"{name} is absent")
+    full = read_scan(path)
+    scan = full.undersampled(4, acs_lines)
+    reference = rss_image(full.kspace)
+    cs = reconstruct(scan, "cs", device="cpu")
+    assert cs.details["map_sets"] == map_sets
+    # Measured 0.4x and 0.35x GRAPPA's NMSE (docs/benchmarks.md).
+    assert nmse(reference, cs.image) < 0.6 * nmse(reference, reconstruct(scan, "grappa").image)
