@@ -13,12 +13,13 @@ from mrictl.cli.common import DeviceOption, JsonFlag
 from mrictl.cli.paths import check_hdf5_output, check_output
 from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
+from raki.method_names import METHODS
 
 app = typer.Typer(help="Reconstruct scans: locally now, or as queued jobs.", no_args_is_help=True)
 
 MethodOption = Annotated[
     str | None,
-    typer.Option("--method", envvar="MRICTL_METHOD", help="raki, rraki, grappa or zerofill."),
+    typer.Option("--method", envvar="MRICTL_METHOD", help=f"{', '.join(METHODS)}."),
 ]
 AccelOption = Annotated[
     int | None,
