@@ -31,6 +31,7 @@ from mrictl.backends.base import (
     JobCancelledError,
     JobState,
     LeaseLostError,
+    ObjectArchivedError,
 )
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.pipeline.context import Heartbeat, JobAborted, StageContext
@@ -50,10 +51,12 @@ _PATH = re.compile(r"(?<![^\s'\"(])(?:[A-Za-z]:)?(?:[/\\][^\s/\\'\"()]+)*[/\\]([
 
 def is_permanent(error: BaseException) -> bool:
     """Bad input, a bad request or a corrupt stored object fails for good at once (reading the
-    same bytes again gives the same answer); anything else (I/O, backend, bugs) is retried."""
+    same bytes again gives the same answer), and so does an archived input (its restore takes
+    hours: attempts spent now would all fail; `retry` after it); anything else (I/O, backend,
+    bugs) is retried."""
     from raki.errors import RakiError
 
-    if isinstance(error, ChecksumMismatchError):
+    if isinstance(error, ChecksumMismatchError | ObjectArchivedError):
         return True
     if isinstance(error, MrictlError):
         return error.exit_code in (ExitCode.BAD_INPUT, ExitCode.USAGE)
@@ -134,6 +137,8 @@ def process_job(backend: Backend, job: Job, *, worker_id: str, lease_seconds: fl
         return JobState.RUNNING
     except Exception as error:
         heartbeat.stop()
+        if isinstance(error, ObjectArchivedError):
+            error = error.but_then(f"then `mrictl recon retry {job.job_id}`")
         reason = failure_reason(error)
         if os.environ.get("MRICTL_DEBUG"):
             log.exception("%s %s failed", job.stage, job.job_id)
@@ -146,7 +151,11 @@ def process_job(backend: Backend, job: Job, *, worker_id: str, lease_seconds: fl
             return JobState.RUNNING
         _log(backend, job, worker_id, f"attempt {job.attempts} failed: {reason}")
         if state is JobState.FAILED:
-            why = "input refused" if is_permanent(error) else "no attempts left"
+            why = "no attempts left"
+            if isinstance(error, ObjectArchivedError):
+                why = "input archived: waiting for its restore, not retried"
+            elif is_permanent(error):
+                why = "input refused"
             _log(backend, job, worker_id, f"dead-lettered ({why})")
         return state
     except KeyboardInterrupt:

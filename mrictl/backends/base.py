@@ -93,6 +93,61 @@ class ChecksumMismatchError(MrictlError):
         super().__init__(message, ExitCode.BACKEND)
 
 
+class ObjectArchivedError(BackendError):
+    """The object's bytes are in an archive storage class (S3 Glacier, Deep Archive): a restore
+    was started, or is under way, and the object can be read in about `ready_in_hours` hours.
+
+    Not a failure of the input, and not one that trying again soon can mend: a job that meets it
+    is failed at once, and `retry` after the restore reads it. `next_step` is what the one-line
+    message tells the reader to do then.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        ready_in_hours: float,
+        started: bool,
+        storage_class: str,
+        next_step: str = "try again then",
+    ) -> None:
+        self.key = key
+        self.ready_in_hours = ready_in_hours
+        self.started = started
+        self.storage_class = storage_class
+        self.next_step = next_step
+        if started:
+            when = f"a restore was started; it should be readable within {ready_in_hours:g} h"
+        else:
+            when = (
+                f"a restore is already under way; it should be readable within "
+                f"{ready_in_hours:g} h of its start"
+            )
+        super().__init__(f"{key} is archived in {storage_class}: {when}; {next_step}")
+
+    def but_then(self, next_step: str) -> ObjectArchivedError:
+        """The same error, telling the reader a different next step."""
+        return ObjectArchivedError(
+            self.key,
+            ready_in_hours=self.ready_in_hours,
+            started=self.started,
+            storage_class=self.storage_class,
+            next_step=next_step,
+        )
+
+
+@runtime_checkable
+class ArchivedObjects(Protocol):
+    """What a store whose objects can move to an archive storage class (the aws backend's raw
+    bucket: Glacier Deep Archive after N days) offers beyond the contract; stores without one
+    (local) do not implement it."""
+
+    def ensure_readable(self, key: str) -> None:
+        """Return when the object's bytes can be read now; otherwise start its restore (or find
+        one under way) and raise ObjectArchivedError. NotFoundError if absent."""
+        ...
+
+
 def validate_key(key: str) -> str:
     """Keys are relative, '/'-separated, with no hidden, empty or '..' component."""
     if not isinstance(key, str) or not _KEY.fullmatch(key):

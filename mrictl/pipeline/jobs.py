@@ -22,12 +22,14 @@ from typing import Any
 
 from mrictl import keys
 from mrictl.backends.base import (
+    ArchivedObjects,
     Backend,
     BatchDispatch,
     ConflictError,
     Job,
     JobState,
     NotFoundError,
+    ObjectArchivedError,
 )
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.pipeline.requests import recon_request, train_request
@@ -117,11 +119,20 @@ def _stored_scan_id(
 
 
 def _enqueue_chain(backend: Backend, scan_id: str, stage: str, request: dict[str, Any]) -> str:
-    """A preprocess job that queues `stage` next, or `stage` at once for a preprocessed scan."""
+    """A preprocess job that queues `stage` next, or `stage` at once for a preprocessed scan.
+
+    A raw package the store archived (Glacier) is restored first: the restore is started now and
+    ObjectArchivedError says when to submit again, rather than queueing a job that cannot run.
+    """
     from mrictl.pipeline.requests import enqueue_preprocess
 
     if backend.store.exists(keys.preprocessed(scan_id)):
         return backend.queue.enqueue(stage, {"scan_id": scan_id, **request})
+    if isinstance(backend.store, ArchivedObjects):
+        try:
+            backend.store.ensure_readable(keys.upload(scan_id))
+        except ObjectArchivedError as error:
+            raise error.but_then(f"submit {scan_id} again then; nothing was queued") from None
     return enqueue_preprocess(backend, scan_id, request, next_stage=stage)
 
 

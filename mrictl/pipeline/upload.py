@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mrictl import keys
-from mrictl.backends.base import Backend, JobState
+from mrictl.backends.base import Backend, JobState, ObjectArchivedError
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.pipeline.package import (
     Manifest,
@@ -172,7 +172,7 @@ def store_scan(
     hashes = [file_sha256(path) for path in inputs]
     scan_id = scan_id_of(sha256 for _, sha256 in hashes)
     key = keys.upload(scan_id)
-    if backend.store.exists(key) and backend.store.verify(key):
+    if backend.store.exists(key) and _stored_whole(backend, key):
         return scan_id, True
     phase("packaging")
     manifest = _manifest_of(inputs, hashes, read_options_of(axis_order, variable))
@@ -181,6 +181,15 @@ def store_scan(
         phase("sending")
         backend.store.put_file(key, tar_path, metadata={"scan-id": scan_id, "format": "package"})
     return scan_id, False
+
+
+def _stored_whole(backend: Backend, key: str) -> bool:
+    """Whether the stored package verifies; an archived one (Glacier) is put again from the
+    files in hand, sooner than its restore would end."""
+    try:
+        return backend.store.verify(key)
+    except ObjectArchivedError:
+        return False
 
 
 def upload(

@@ -1,7 +1,8 @@
 """The aws backend: objects in S3, job records in DynamoDB, work delivered by SQS and AWS Batch.
 
 - `store.py`: `S3ObjectStore`, keys onto the raw, preprocessed and reconstructed buckets by
-  area, each object with its SHA-256 in its metadata, checked in transit and on every read.
+  area, each object with its SHA-256 in its metadata, checked in transit and on every read; a
+  read of an archived (Glacier) object starts its restore and raises ObjectArchivedError.
 - `queue.py`: `AwsJobQueue`, job records as DynamoDB items fenced by conditional writes,
   idempotency keys as items of the same table, SQS messages (and raw-upload S3 events) as
   deliveries to pulling workers, Batch jobs as deliveries of recon and train jobs where the
@@ -16,9 +17,8 @@ Clients come from `mrictl.backends.AwsClients` (botocore's standard retry mode, 
 retried there). Worker processes started on this machine pull from the same queues.
 
 Not yet here: array jobs over the slices of a large volume (one Batch job runs a whole scan),
-reading scans from an FSx for Lustre path instead of S3, resumable uploads of large scans, the
-Storage Gateway's RefreshCache after a put, and restoring raw uploads from Glacier Deep Archive
-before a preprocess reads them.
+reading scans from an FSx for Lustre path instead of S3, resumable uploads of large scans and
+the Storage Gateway's RefreshCache after a put.
 """
 
 from __future__ import annotations

@@ -12,6 +12,13 @@ stack's key), so nothing here names a key.
 Objects another writer put (the Storage Gateway's file share) have no recorded SHA-256: `head`
 hashes their bytes, and reads can only report what arrived.
 
+Raw uploads move to Glacier Deep Archive after the raw bucket's lifecycle days. A read of an
+archived object (its head says GLACIER or DEEP_ARCHIVE without a finished restore, or an
+Intelligent-Tiering archive access tier; or S3 answers `InvalidObjectState`) starts a restore
+(`restore_tier`, a temporary copy kept `restore_days` days) and raises ObjectArchivedError
+saying within how many hours it will be readable; a second read while it runs starts nothing
+more (the head's `ongoing-request="true"`, or S3's `RestoreAlreadyInProgress`).
+
 Not yet here: resuming an interrupted upload of a large scan (a multipart upload is abandoned,
 and the bucket's lifecycle rule aborts it after a week); a put starts again from the first byte.
 """
@@ -33,6 +40,7 @@ from mrictl.backends.base import (
     BackendError,
     ChecksumMismatchError,
     NotFoundError,
+    ObjectArchivedError,
     ObjectInfo,
     validate_key,
     validate_metadata,
@@ -45,6 +53,21 @@ MULTIPART_THRESHOLD = 64 << 20
 MULTIPART_CHUNK = 64 << 20
 READ_TRIES = 3  # a put racing a get: read again before calling the object corrupt
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+ARCHIVED_CODE = "InvalidObjectState"  # GetObject of an archived object not restored
+RESTORE_DAYS = 7  # how long S3 keeps the restored copy beside the archived object
+# Hours until a restore's copy can be read, as AWS states them (upper bounds), per archive
+# (storage class, or Intelligent-Tiering's archive access tier) and retrieval tier.
+RESTORE_HOURS = {
+    ("GLACIER", "Standard"): 5,
+    ("GLACIER", "Bulk"): 12,
+    ("DEEP_ARCHIVE", "Standard"): 12,
+    ("DEEP_ARCHIVE", "Bulk"): 48,
+    ("ARCHIVE_ACCESS", "Standard"): 5,
+    ("ARCHIVE_ACCESS", "Bulk"): 12,
+    ("DEEP_ARCHIVE_ACCESS", "Standard"): 12,
+    ("DEEP_ARCHIVE_ACCESS", "Bulk"): 48,
+}
+RESTORE_TIERS = ("Standard", "Bulk")
 
 Progress = Callable[[int], None]  # bytes transferred since the last call
 
@@ -81,11 +104,21 @@ class S3ObjectStore:
     """Objects in the stack's buckets; see the module docstring."""
 
     def __init__(
-        self, s3_client: Any, resources: AwsResources, *, transfer_config: Any = None
+        self,
+        s3_client: Any,
+        resources: AwsResources,
+        *,
+        transfer_config: Any = None,
+        restore_tier: str = "Standard",
+        restore_days: int = RESTORE_DAYS,
     ) -> None:
+        if restore_tier not in RESTORE_TIERS:
+            raise ValueError(f"restore tier {restore_tier!r}: choose from {RESTORE_TIERS}")
         self.s3 = s3_client
         self.resources = resources
         self.transfer_config = transfer_config or default_transfer_config()
+        self.restore_tier = restore_tier
+        self.restore_days = restore_days
 
     def _where(self, key: str) -> tuple[str, str]:
         return self.resources.bucket_for(validate_key(key)), key
@@ -132,7 +165,9 @@ class S3ObjectStore:
         bucket, key = self._where(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(READ_TRIES):
-            recorded, etag = self._head(bucket, key)
+            response = self._head_object(bucket, key)
+            self._raise_if_archived(bucket, key, response)
+            recorded, etag = self._info(key, response)
             temporary = partial_name(dest)
             try:
                 try:
@@ -146,6 +181,8 @@ class S3ObjectStore:
                 except ClientError as error:
                     if error_code(error) in NOT_FOUND_CODES:
                         raise NotFoundError(f"{key}: no such object in the store") from None
+                    if error_code(error) == ARCHIVED_CODE:  # archived since the head
+                        raise self._archived(bucket, key, self._head_object(bucket, key)) from None
                     raise backend_error(f"{key}: get failed", error) from None
                 except BotoCoreError as error:
                     raise backend_error(f"{key}: get failed", error) from None
@@ -178,6 +215,12 @@ class S3ObjectStore:
         except NotFoundError:
             return False
         return not recorded.sha256 or actual == recorded.sha256
+
+    def ensure_readable(self, key: str) -> None:
+        """`ArchivedObjects.ensure_readable`: restore an archived object (see the module
+        docstring)."""
+        bucket, key = self._where(key)
+        self._raise_if_archived(bucket, key, self._head_object(bucket, key))
 
     def exists(self, key: str) -> bool:
         bucket, key = self._where(key)
@@ -214,14 +257,20 @@ class S3ObjectStore:
 
     def _head(self, bucket: str, key: str) -> tuple[ObjectInfo, str]:
         """The recorded info ('' for a SHA-256 nobody recorded) and the ETag."""
+        return self._info(key, self._head_object(bucket, key))
+
+    def _head_object(self, bucket: str, key: str) -> dict[str, Any]:
         try:
-            response = self.s3.head_object(Bucket=bucket, Key=key)
+            return dict(self.s3.head_object(Bucket=bucket, Key=key))
         except ClientError as error:
             if error_code(error) in NOT_FOUND_CODES:
                 raise NotFoundError(f"{key}: no such object in the store") from None
             raise backend_error(f"{key}: head failed", error) from None
         except BotoCoreError as error:
             raise backend_error(f"{key}: head failed", error) from None
+
+    @staticmethod
+    def _info(key: str, response: Mapping[str, Any]) -> tuple[ObjectInfo, str]:
         metadata = dict(response.get("Metadata") or {})
         sha256 = metadata.pop(SHA256_NAME, "")
         info = ObjectInfo(key, int(response["ContentLength"]), sha256, metadata)
@@ -237,7 +286,55 @@ class S3ObjectStore:
         except ClientError as error:
             if error_code(error) in NOT_FOUND_CODES:
                 raise NotFoundError(f"{key}: no such object in the store") from None
+            if error_code(error) == ARCHIVED_CODE:
+                raise self._archived(bucket, key, self._head_object(bucket, key)) from None
             raise backend_error(f"{key}: read failed", error) from None
         except BotoCoreError as error:
             raise backend_error(f"{key}: read failed", error) from None
         return digest.hexdigest()
+
+    def _raise_if_archived(self, bucket: str, key: str, response: Mapping[str, Any]) -> None:
+        if _archive_of(response) is not None:
+            raise self._archived(bucket, key, response)
+
+    def _archived(self, bucket: str, key: str, response: Mapping[str, Any]) -> BackendError:
+        """Start the restore of an archived object (unless one runs) and say when it is ready."""
+        archive = _archive_of(response) or str(response.get("StorageClass") or "DEEP_ARCHIVE")
+        hours = RESTORE_HOURS.get((archive, self.restore_tier), 48)
+        label = (
+            archive if archive in ("GLACIER", "DEEP_ARCHIVE") else f"Intelligent-Tiering {archive}"
+        )
+
+        def archived(started: bool) -> ObjectArchivedError:
+            return ObjectArchivedError(
+                key, ready_in_hours=hours, started=started, storage_class=label
+            )
+
+        if 'ongoing-request="true"' in str(response.get("Restore") or ""):
+            return archived(started=False)
+        request: dict[str, Any] = {"GlacierJobParameters": {"Tier": self.restore_tier}}
+        if archive in ("GLACIER", "DEEP_ARCHIVE"):
+            request["Days"] = self.restore_days  # Intelligent-Tiering takes none: no copy kept
+        try:
+            self.s3.restore_object(Bucket=bucket, Key=key, RestoreRequest=request)
+        except ClientError as error:
+            if error_code(error) == "RestoreAlreadyInProgress":
+                return archived(started=False)
+            return backend_error(f"{key}: archived, and its restore failed", error)
+        except BotoCoreError as error:
+            return backend_error(f"{key}: archived, and its restore failed", error)
+        return archived(started=True)
+
+
+def _archive_of(response: Mapping[str, Any]) -> str | None:
+    """The archive an object's bytes are in while they cannot be read (a storage class, or an
+    Intelligent-Tiering archive access tier); None when they can (a restore finished)."""
+    status = response.get("ArchiveStatus")
+    if status in ("ARCHIVE_ACCESS", "DEEP_ARCHIVE_ACCESS"):
+        return str(status)
+    storage_class = response.get("StorageClass")
+    if storage_class in ("GLACIER", "DEEP_ARCHIVE"):
+        if 'ongoing-request="false"' in str(response.get("Restore") or ""):
+            return None
+        return str(storage_class)
+    return None
