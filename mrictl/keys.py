@@ -104,6 +104,12 @@ def uploads_prefix() -> str:
     return f"{UPLOADS}/"
 
 
+def results_prefix() -> str:
+    """The results area, `reconstructed/`: what the read-only results share maps (`mrictl
+    provision gateway --results`), so a job's outputs appear in its folder `/<job_id>/`."""
+    return f"{RECONSTRUCTED}/"
+
+
 def idempotency_of_upload(scan_id: str) -> str:
     """The one preprocess job of an upload, whether the CLI or an S3 event queues it."""
     return f"{UPLOADS}/{_scan(scan_id)}"

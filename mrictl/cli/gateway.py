@@ -41,9 +41,18 @@ def gateway(
         str,
         typer.Option(
             "--role-arn",
-            help="IAM role the gateway assumes to write the raw bucket (see docs/aws.md).",
+            help="IAM role the gateway assumes to write the raw bucket, or to read the "
+            "reconstructed bucket with --results (see docs/aws.md).",
         ),
     ],
+    results: Annotated[
+        bool,
+        typer.Option(
+            "--results",
+            help="The read-only results share on the reconstructed bucket's reconstructed/ "
+            "(each job's outputs in its folder), instead of the uploads share.",
+        ),
+    ] = False,
     protocol: Annotated[
         Protocol, typer.Option("--protocol", help="nfs (Linux/macOS) or smb (Windows).")
     ] = Protocol.nfs,
@@ -79,11 +88,16 @@ def gateway(
     ] = False,
     share_name: Annotated[
         str | None,
-        typer.Option("--share-name", help="Share name (default: <stack prefix>-uploads)."),
+        typer.Option(
+            "--share-name", help="Share name (default: <stack prefix>-uploads, or -results)."
+        ),
     ] = None,
     bucket: Annotated[
         str | None,
-        typer.Option("--bucket", help="Raw bucket (default: the storage stack's, as saved)."),
+        typer.Option(
+            "--bucket",
+            help="Raw (--results: reconstructed) bucket (default: the storage stack's, as saved).",
+        ),
     ] = None,
     kms_key_arn: Annotated[
         str | None,
@@ -106,7 +120,9 @@ def gateway(
     json: JsonFlag = False,
 ) -> None:
     """Create an NFS or SMB file share on an activated S3 File Gateway, mapping the raw
-    bucket's uploads/ area, and record it in the stacks' settings file.
+    bucket's uploads/ area (with --results: a read-only share on the reconstructed bucket's
+    reconstructed/, where finished jobs' outputs appear), and record it in the stacks' settings
+    file.
 
     Idempotent: a share already on that location is reported, not duplicated. Exit 2 for a bad
     flag (a stack prefix that provision refuses too) or a region without Storage Gateway, 4 for
@@ -118,11 +134,12 @@ def gateway(
     from mrictl.infra.gateway import (
         ShareRequest,
         create_file_share,
+        save_share,
         share_location,
         stack_tags,
         storage_gateway_client,
     )
-    from mrictl.infra.stack_settings import read_settings, save_gateway, settings_path
+    from mrictl.infra.stack_settings import read_settings, settings_path
     from mrictl.infra.stacks import parse_stack_prefix
     from mrictl.output import Output, key_value_table
 
@@ -136,14 +153,16 @@ def gateway(
     settings = load_settings(aws=aws).aws
     prefix = parse_stack_prefix(settings.stack_prefix)  # the rule mrictl provision applies
     path = settings_path(prefix)
-    raw_bucket, data_key = share_location(read_settings(path), bucket, kms_key_arn, path.name)
+    share_bucket, data_key = share_location(
+        read_settings(path), bucket, kms_key_arn, path.name, results=results
+    )
     request = ShareRequest(
         gateway_arn=gateway_arn,
         protocol=protocol.value,
         role_arn=role_arn,
-        bucket=raw_bucket,
+        bucket=share_bucket,
         kms_key_arn=data_key,
-        share_name=share_name or f"{prefix.text}-uploads",
+        share_name=share_name or f"{prefix.text}-{'results' if results else 'uploads'}",
         client_cidrs=tuple(client_cidrs or ()),
         allow_any_client=allow_any_client,
         authentication=authentication.value,
@@ -152,10 +171,11 @@ def gateway(
         allow_unencrypted_smb=allow_unencrypted_smb,
         settling_seconds=settling_seconds,
         tags=stack_tags(prefix),
+        results=results,
     )
     client = storage_gateway_client(AwsClients(settings))
     outcome = create_file_share(client, request)
-    save_gateway(path, outcome.record)
+    save_share(path, outcome.record)
 
     def render(console) -> None:
         verb = "created" if outcome.created else "already there"

@@ -1,12 +1,14 @@
 """An NFS or SMB file share on an activated S3 File Gateway, mapping the raw bucket's `uploads/`
-area, made through the Storage Gateway API and recorded beside the stacks.
+area (or, read-only, the reconstructed bucket's `reconstructed/`: the results share), made
+through the Storage Gateway API and recorded beside the stacks.
 
 CloudFormation cannot create a gateway, and its file-share resources exist in few regions'
 schemas, so `mrictl provision gateway` makes the share here. It is idempotent: a live share on
 the same location is found and returned, never duplicated, and a share there that differs in
 what matters (role, key, clients, authentication) is a conflict, never silently reused. The
 functions receive their client (mrictl.backends.AwsClients makes it); the record goes into the
-stack prefix's settings file (mrictl/infra/stack_settings.py) under "gateway", beside the
+stack prefix's settings file (mrictl/infra/stack_settings.py) under "gateway" (the results
+share under "gateway_results", where the aws backend finds it to refresh), beside the
 provisioner's "stacks", whose storage outputs name the bucket and the key.
 
 Exit codes: a bad flag, or a region without Storage Gateway, is a usage error (2); a gateway
@@ -28,7 +30,12 @@ from typing import Any
 
 from mrictl import keys
 from mrictl.errors import ExitCode, MrictlError
-from mrictl.infra.stack_settings import saved_outputs
+from mrictl.infra.stack_settings import (
+    read_settings,
+    save_gateway,
+    saved_outputs,
+    write_settings,
+)
 from mrictl.infra.stacks import StackPrefix
 
 SERVICE = "storagegateway"
@@ -45,6 +52,9 @@ DESCRIBE_AT_MOST = 10  # DescribeNFSFileShares and DescribeSMBFileShares take 1 
 # The upload area: tars the workstation writes land as uploads/<scan_id>.tar, which is what the
 # raw bucket's event filter (prefix uploads/, suffix .tar) sends to the preprocess queue.
 SHARE_PREFIX = keys.uploads_prefix()
+# The results share: a job's outputs, reconstructed/<job_id>/..., seen read-only by the hospital.
+RESULTS_PREFIX = keys.results_prefix()
+GATEWAY_RESULTS = "gateway_results"  # the results share's record in the settings file
 
 _GATEWAY_ARN = re.compile(
     r"^arn:(aws[a-z-]*):storagegateway:([a-z0-9-]+):(\d{12}):gateway/sgw-[0-9A-Za-z]{8,26}$"
@@ -88,6 +98,7 @@ class ShareRequest:
     allow_unencrypted_smb: bool = False
     settling_seconds: int = DEFAULT_SETTLING_SECONDS
     tags: dict[str, str] = field(default_factory=dict)
+    results: bool = False  # the read-only results share on the reconstructed bucket
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -155,9 +166,14 @@ class ShareRequest:
         return _GATEWAY_ARN.fullmatch(self.gateway_arn).group(1)
 
     @property
+    def prefix(self) -> str:
+        return RESULTS_PREFIX if self.results else SHARE_PREFIX
+
+    @property
     def location_arn(self) -> str:
-        """The raw bucket's upload area: `arn:aws:s3:::<raw bucket>/uploads/`."""
-        return f"arn:{self.partition}:s3:::{self.bucket}/{SHARE_PREFIX}"
+        """The raw bucket's upload area, `arn:aws:s3:::<raw bucket>/uploads/`, or the results
+        area, `arn:aws:s3:::<reconstructed bucket>/reconstructed/`."""
+        return f"arn:{self.partition}:s3:::{self.bucket}/{self.prefix}"
 
     @property
     def client_list(self) -> list[str]:
@@ -375,15 +391,17 @@ def _common_parameters(request: ShareRequest, token: str) -> dict[str, Any]:
         "DefaultStorageClass": "S3_STANDARD",
         # The buckets enforce bucket ownership (no ACLs): this is the one ACL they accept.
         "ObjectACL": "bucket-owner-full-control",
-        "ReadOnly": False,
+        # The results share is read-only: the hospital reads outputs, only jobs write them.
+        "ReadOnly": request.results,
         "GuessMIMETypeEnabled": False,
         "RequesterPays": False,
         "FileShareName": request.share_name,
-        # An upload notification (EventBridge) once a file has had no writes for this long.
-        "NotificationPolicy": json.dumps(
-            {"Upload": {"SettlingTimeInSeconds": request.settling_seconds}}
-        ),
     }
+    if not request.results:
+        # An upload notification (EventBridge) once a file has had no writes for this long.
+        parameters["NotificationPolicy"] = json.dumps(
+            {"Upload": {"SettlingTimeInSeconds": request.settling_seconds}}
+        )
     if request.tags:
         parameters["Tags"] = [{"Key": key, "Value": value} for key, value in request.tags.items()]
     return parameters
@@ -426,8 +444,8 @@ def _differences(request: ShareRequest, protocol: str, described: dict[str, Any]
     )
     if not encrypted or described.get("KMSKey") != request.kms_key_arn:
         found.append("KMS key")
-    if described.get("ReadOnly"):
-        found.append("read-only")
+    if bool(described.get("ReadOnly")) != request.results:
+        found.append("read-only" if described.get("ReadOnly") else "writable")
     if protocol == "nfs":
         if sorted(described.get("ClientList") or []) != sorted(request.client_list):
             found.append("client list")
@@ -449,6 +467,7 @@ def _record(request: ShareRequest, share_arn: str, share_name: str) -> dict[str,
         "kms_key_arn": request.kms_key_arn,
         "role_arn": request.role_arn,
         "share_name": share_name,
+        "read_only": request.results,
     }
     if request.protocol == "nfs":
         record["client_list"] = request.client_list
@@ -521,11 +540,17 @@ def create_file_share(
 
 
 def share_location(
-    document: Mapping[str, Any], bucket: str | None, kms_key_arn: str | None, path_name: str
+    document: Mapping[str, Any],
+    bucket: str | None,
+    kms_key_arn: str | None,
+    path_name: str,
+    *,
+    results: bool = False,
 ) -> tuple[str, str]:
-    """The raw bucket and the data key: from the flags, else from the saved storage outputs."""
+    """The raw (or, for the results share, reconstructed) bucket and the data key: from the
+    flags, else from the saved storage outputs."""
     outputs = saved_outputs(document, "storage")
-    bucket = bucket or outputs.get("RawBucketName")
+    bucket = bucket or outputs.get("ReconstructedBucketName" if results else "RawBucketName")
     kms_key_arn = kms_key_arn or outputs.get("DataKeyArn")
     missing = [
         flag for flag, value in (("--bucket", bucket), ("--kms-key-arn", kms_key_arn)) if not value
@@ -536,3 +561,14 @@ def share_location(
             f"{' and '.join(missing)}"
         )
     return bucket, kms_key_arn
+
+
+def save_share(path: Any, record: Mapping[str, Any]) -> None:
+    """Record the share in the settings file: under "gateway" (uploads) or "gateway_results"
+    (the read-only results share), keeping every other key."""
+    if not record.get("read_only"):
+        save_gateway(path, record)
+        return
+    document = read_settings(path)
+    document[GATEWAY_RESULTS] = dict(record)
+    write_settings(path, document)

@@ -31,6 +31,9 @@ ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/mrictl/test/gateway-uploads"
 KEY_ARN = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 BUCKET = f"mrictl-test-{ACCOUNT}-{REGION}-raw"
 LOCATION = f"arn:aws:s3:::{BUCKET}/uploads/"
+RESULTS_BUCKET = f"mrictl-test-{ACCOUNT}-{REGION}-reconstructed"
+RESULTS_LOCATION = f"arn:aws:s3:::{RESULTS_BUCKET}/reconstructed/"
+RESULTS_SHARE_ARN = f"arn:aws:storagegateway:{REGION}:{ACCOUNT}:share/share-5E5E5E5E"
 SHARE_ARN = f"arn:aws:storagegateway:{REGION}:{ACCOUNT}:share/share-1A2B3C4D"
 OTHER_SHARE_ARN = f"arn:aws:storagegateway:{REGION}:{ACCOUNT}:share/share-9F8E7D6C"
 WORKSTATIONS = "10.20.0.0/24"
@@ -192,6 +195,7 @@ def test_an_nfs_share_maps_the_raw_uploads_area_with_the_data_key_and_named_clie
         "kms_key_arn": KEY_ARN,
         "role_arn": ROLE_ARN,
         "share_name": "mrictl-test-uploads",
+        "read_only": False,
         "client_list": [WORKSTATIONS],
     }
     assert outcome.mount == "10.20.0.5:/mrictl-test-uploads"
@@ -475,7 +479,11 @@ def stacks_document() -> dict:
         "stacks": {
             "storage": {
                 "name": "mrictl-test-storage",
-                "outputs": {"RawBucketName": BUCKET, "DataKeyArn": KEY_ARN},
+                "outputs": {
+                    "RawBucketName": BUCKET,
+                    "ReconstructedBucketName": RESULTS_BUCKET,
+                    "DataKeyArn": KEY_ARN,
+                },
             }
         }
     }
@@ -634,3 +642,61 @@ def test_importing_the_command_loads_no_aws_sdk():
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"
+
+
+def test_the_results_share_is_read_only_on_the_reconstructed_area_and_recorded_apart(
+    command_client,
+):
+    path = settings_path(parse_stack_prefix("mrictl-test"))
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({**stacks_document(), "gateway": {"share_arn": SHARE_ARN}}))
+    expect_gateway(command_client)
+    expect_listing(command_client, listed(("NFS", SHARE_ARN)))
+    command_client.add_response(
+        "describe_nfs_file_shares", {"NFSFileShareInfoList": [nfs_described()]}
+    )
+    command_client.add_response(
+        "create_nfs_file_share",
+        {"FileShareARN": RESULTS_SHARE_ARN},
+        {
+            "ClientToken": stub.ANY,
+            "GatewayARN": GATEWAY_ARN,
+            "Role": ROLE_ARN,
+            "LocationARN": RESULTS_LOCATION,
+            "EncryptionType": "SseKms",
+            "KMSEncrypted": True,
+            "KMSKey": KEY_ARN,
+            "DefaultStorageClass": "S3_STANDARD",
+            "ObjectACL": "bucket-owner-full-control",
+            "ClientList": [WORKSTATIONS],
+            "Squash": "RootSquash",
+            "ReadOnly": True,
+            "GuessMIMETypeEnabled": False,
+            "RequesterPays": False,
+            "FileShareName": "mrictl-test-results",
+            "Tags": TAGS,
+        },
+    )
+
+    result = run_command("--results", "--client", WORKSTATIONS, "--json")
+
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["location"] == RESULTS_LOCATION and document["read_only"] is True
+    saved = json.loads(path.read_text())
+    assert saved["gateway"] == {"share_arn": SHARE_ARN}  # the uploads share's record kept
+    assert saved["gateway_results"]["share_arn"] == RESULTS_SHARE_ARN
+    assert saved["gateway_results"]["bucket"] == RESULTS_BUCKET
+
+
+def test_a_writable_share_on_the_results_area_is_a_conflict_not_reused(sgw):
+    client, stubber = sgw
+    expect_gateway(stubber)
+    expect_listing(stubber, listed(("NFS", SHARE_ARN)))
+    writable = nfs_described(location=RESULTS_LOCATION)
+    stubber.add_response("describe_nfs_file_shares", {"NFSFileShareInfoList": [writable]})
+    request = nfs_request(bucket=RESULTS_BUCKET, results=True)
+
+    error = refused(lambda: create_file_share(client, request))
+
+    assert error.exit_code == ExitCode.CONFLICT and "writable" in str(error)
