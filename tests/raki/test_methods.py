@@ -43,7 +43,7 @@ def results(scan) -> dict[str, ReconResult]:
 
 
 def test_methods_listed_and_default_among_them():
-    assert set(METHODS) == {"raki", "rraki", "grappa", "zerofill"}
+    assert set(METHODS) == {"raki", "rraki", "grappa", "cs", "zerofill"}
     assert DEFAULT_METHOD == "rraki"
 
 
