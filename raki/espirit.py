@@ -8,9 +8,9 @@ patch of a full k-space onto it and averaging over the k^2 patches that cover a 
 convolution W = (1/k^2) sum_p R_p^H P R_p with P = conj(V V^H), which the image domain turns
 into a coil x coil matrix per voxel,
 
-    G(r) = (sqrt(N) / k^2) IFFT[ w ](r),   w_cd[m] = sum_{t - s = m} P[(c, t), (d, s)],
+    G(r) = (1 / k^2) sum_m w[m] exp(2 pi i m.r / N),   w_cd[m] = sum_{t - s = m} P[(c, t), (d, s)],
 
-(N voxels, IFFT centred and orthonormal as `raki.fft`). Coil images x_c(r) = S_c(r) m(r) are
+(N the image size, r centred as `raki.fft` centres images). Coil images x_c(r) = S_c(r) m(r) are
 fixed points of W, so the maps are the eigenvectors of G(r) with eigenvalue 1. Where the
 object is wider than the FOV, two tissue positions fold onto one voxel and a second
 eigenvalue near 1 appears: its eigenvector is the second map set (soft SENSE, section
@@ -18,12 +18,14 @@ eigenvalue near 1 appears: its eigenvector is the second map set (soft SENSE, se
 phase is referred to a virtual body coil (the coils' principal component on the ACS), so that
 it is smooth wherever that coil sees signal.
 
-The w kernels are (2k - 1)^2 per coil pair, so the cost is one small SVD, C^2 FFTs of the
-image and a batched C x C eigendecomposition per voxel.
+The w kernels are (2k - 1)^2 per coil pair and the sum over m is separable, so the cost is
+one small eigendecomposition of A^H A, two thin matrix products per block of image rows and a
+batched C x C eigendecomposition per voxel.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +33,6 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from raki.errors import InvalidScanError
-from raki.fft import ifft2c
 from raki.runtime import single_threaded_blas
 from raki.scan import Scan
 
@@ -45,6 +46,8 @@ DEFAULT_CALIBRATION_WIDTH = 24
 # A second map set is kept when its eigenvalue passes `crop` on at least this fraction of the
 # voxels where the first one does (a wrapped FOV); otherwise one set.
 SECOND_SET_FRACTION = 0.05
+# Entries of G (voxels x coils^2) per block of the per-voxel eigendecomposition: 32 MB.
+VOXEL_BATCH_ENTRIES = 2**22
 
 
 @dataclass(frozen=True)
@@ -105,19 +108,41 @@ def _difference_kernels(basis: np.ndarray, coils: int, kernel_width: int) -> np.
     return (pairs @ scatter).reshape(coils, coils, 2 * k - 1, 2 * k - 1)
 
 
-def voxel_operator(
-    basis: np.ndarray, coils: int, kernel_width: int, matrix: tuple[int, int]
-) -> np.ndarray:
-    """G [kx, ky, coil, coil]: the ESPIRiT operator at every voxel of a `matrix` image."""
+def _phase_ramps(size: int, kernel_width: int, device: torch.device | str) -> torch.Tensor:
+    """exp(2 pi i m r / size) [r, m] for centred image positions r and kernel offsets m."""
+    positions = torch.arange(size, dtype=torch.float64) - size // 2
+    offsets = torch.arange(2 * kernel_width - 1, dtype=torch.float64) - (kernel_width - 1)
+    angles = 2 * torch.pi * positions[:, None] * offsets[None, :] / size
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64).to(device)
+
+
+def voxel_operators(
+    basis: np.ndarray,
+    coils: int,
+    kernel_width: int,
+    matrix: tuple[int, int],
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """G [rows, ky, coil, coil] for successive blocks of readout rows of a `matrix` image.
+
+    G(r) is the inverse DFT of the (2k - 1)^2 kernels w at r, a separable sum over their few
+    offsets: two small matrix products instead of C^2 FFTs of the whole image, a block of
+    rows at a time so that memory stays bounded (`VOXEL_BATCH_ENTRIES`).
+    """
     k = kernel_width
     if min(matrix) < 2 * k - 1:
         raise InvalidScanError(f"ESPIRiT kernels of width {k} need an image of {2 * k - 1}+")
-    kernels = _difference_kernels(basis, coils, k)
-    grid = np.zeros((coils, coils, *matrix), dtype=np.complex128)
-    cx, cy = matrix[0] // 2, matrix[1] // 2
-    grid[:, :, cx - k + 1 : cx + k, cy - k + 1 : cy + k] = kernels
-    operator = ifft2c(grid) * (np.sqrt(matrix[0] * matrix[1]) / (k * k))
-    return np.ascontiguousarray(operator.transpose(2, 3, 0, 1))
+    kernels = torch.from_numpy(_difference_kernels(basis, coils, k) / (k * k))
+    kernels = kernels.to(torch.complex64).to(device)
+    # [offset x, coil, coil, ky]: the sum over ky offsets done once for every row.
+    along_ky = torch.einsum("cdab,yb->acdy", kernels, _phase_ramps(matrix[1], k, device))
+    along_ky = along_ky.reshape(2 * k - 1, -1)
+    ramps_x = _phase_ramps(matrix[0], k, device)
+    rows = max(1, VOXEL_BATCH_ENTRIES // (matrix[1] * coils * coils))
+    for start in range(0, matrix[0], rows):
+        block = slice(start, min(start + rows, matrix[0]))
+        operator = (ramps_x[block] @ along_ky).reshape(-1, coils, coils, matrix[1])
+        yield block, operator.permute(0, 3, 1, 2)
 
 
 def noise_level(acs: np.ndarray, basis: np.ndarray, kernel_width: int) -> float:
@@ -169,14 +194,16 @@ def espirit_maps(
     coils = acs.shape[0]
     calibration = calibration_block(acs, calibration_width)
     basis, kept = signal_subspace(calibration, kernel_width, threshold)
-    operator = voxel_operator(basis, coils, kernel_width, matrix)
-    batch = torch.from_numpy(operator.reshape(-1, coils, coils)).to(device)
-    values, vectors = torch.linalg.eigh(batch)
     sets = min(max_sets, coils)
-    values = values[:, -sets:].flip(-1).real.cpu().numpy()
-    vectors = vectors[:, :, -sets:].flip(-1).cpu().numpy()
-    values = values.reshape(*matrix, sets).transpose(2, 0, 1)
-    maps = vectors.reshape(*matrix, coils, sets).transpose(3, 2, 0, 1)
+    values = torch.empty((*matrix, sets), dtype=torch.float32, device=device)
+    vectors = torch.empty((*matrix, coils, sets), dtype=torch.complex64, device=device)
+    for rows, operator in voxel_operators(basis, coils, kernel_width, matrix, device):
+        # G is Hermitian up to rounding; eigh reads one triangle.
+        block_values, block_vectors = torch.linalg.eigh(operator)
+        values[rows] = block_values[..., -sets:].flip(-1)
+        vectors[rows] = block_vectors[..., -sets:].flip(-1)
+    values = values.permute(2, 0, 1).cpu().numpy()
+    maps = vectors.permute(3, 2, 0, 1).cpu().numpy()
     body = body_coil_weights(calibration)
     projected = np.einsum("c,scxy->sxy", body.conj(), maps)
     maps = maps * np.exp(-1j * np.angle(projected))[:, None]
