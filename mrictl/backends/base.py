@@ -349,6 +349,19 @@ class BatchDispatch(Protocol):
         ...
 
 
+@runtime_checkable
+class PublishedOutputsHook(Protocol):
+    """A backend that has something to do once a job's outputs are all in the store (the aws
+    backend: refresh the results file share, so the hospital sees them); others do not
+    implement it."""
+
+    def after_outputs_published(self, prefix: str) -> str | None:
+        """Act on the outputs under `prefix` (`reconstructed/<job_id>/`) and return a line for
+        the job's log (None: nothing done). BackendError when it failed: the caller logs it and
+        the job still succeeds (its outputs are stored)."""
+        ...
+
+
 class WorkerProcesses(Protocol):
     """Worker processes a backend started on this machine."""
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mrictl import __version__, keys
+from mrictl.backends.base import BackendError, PublishedOutputsHook
 from mrictl.pipeline.package import PackageError
 from raki.scan import Scan
 
@@ -109,6 +110,20 @@ def _options(payload: dict[str, Any], weights: Path | None = None) -> Any:
     )
 
 
+def _after_outputs_published(context: StageContext) -> None:
+    """The backend's hook once the outputs are stored (aws: the results share refreshed); its
+    failure is one line in the job's log, never the job's failure."""
+    if not isinstance(context.backend, PublishedOutputsHook):
+        return
+    prefix = keys.outputs_prefix(keys.RECONSTRUCTED, context.job.job_id)
+    try:
+        line = context.backend.after_outputs_published(prefix)
+    except BackendError as error:
+        line = f"results share not refreshed: {error}"
+    if line:
+        context.log(line)
+
+
 def run_recon(context: StageContext) -> dict[str, Any]:
     """Stage entry point (see the module docstring); returns the job's result."""
     from mrictl.recon_service import run_reconstruction
@@ -164,6 +179,7 @@ def run_recon(context: StageContext) -> dict[str, Any]:
         key=lambda path: (path.name == RESULT_NAME, path.as_posix()),
     )
     outputs = context.publish_outputs(out_dir, files)
+    _after_outputs_published(context)
     return {
         "scan_id": scan_id,
         "method": attrs.get("method"),

@@ -9,6 +9,8 @@
   stacks' Batch job queue and job definitions are known; `records.py` encodes the items.
 - `batch.py`: `BatchService`, submitting, stopping and describing those Batch jobs (why one is
   still RUNNABLE) and reading their containers' CloudWatch logs.
+- `refresh.py`: `CacheRefresher`, the results file share's RefreshCache after a recon job's
+  outputs land (debounced, at most 2 in flight, waited on), through `after_outputs_published`.
 - `resources.py`: `AwsResources`, the names of the stacks' buckets, queues, table and Batch
   resources, from what `mrictl provision` saved and the MRICTL_AWS_* variables a container is
   given.
@@ -17,8 +19,7 @@ Clients come from `mrictl.backends.AwsClients` (botocore's standard retry mode, 
 retried there). Worker processes started on this machine pull from the same queues.
 
 Not yet here: array jobs over the slices of a large volume (one Batch job runs a whole scan),
-reading scans from an FSx for Lustre path instead of S3, resumable uploads of large scans and
-the Storage Gateway's RefreshCache after a put.
+reading scans from an FSx for Lustre path instead of S3, and resumable uploads of large scans.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mrictl import keys
 from mrictl.backends.aws.batch import BatchService
 from mrictl.backends.aws.queue import RECEIVE_WAIT_SECONDS, UPLOAD_GRACE_SECONDS, AwsJobQueue
+from mrictl.backends.aws.refresh import CacheRefresher, recorded_results_share
 from mrictl.backends.aws.resources import AwsResources
 from mrictl.backends.aws.store import S3ObjectStore
 from mrictl.backends.base import DEFAULT_MAX_ATTEMPTS, BackendError
@@ -37,7 +40,14 @@ from mrictl.config import SECTION_ENVIRONMENT, AwsSettings
 if TYPE_CHECKING:
     from mrictl.backends import AwsClients
 
-__all__ = ["AwsBackend", "AwsJobQueue", "AwsResources", "BatchService", "S3ObjectStore"]
+__all__ = [
+    "AwsBackend",
+    "AwsJobQueue",
+    "AwsResources",
+    "BatchService",
+    "CacheRefresher",
+    "S3ObjectStore",
+]
 
 
 class AwsBackend:
@@ -77,6 +87,20 @@ class AwsBackend:
             upload_grace_seconds=upload_grace_seconds,
             batch=BatchService(clients.client, resources),
         )
+        share = resources.results_share_arn or recorded_results_share(settings.stack_prefix)
+        self.refresher: CacheRefresher | None = None
+        if share:
+            self.refresher = CacheRefresher(_LazyClient(clients, "storagegateway"), share)
+
+    def after_outputs_published(self, prefix: str) -> str | None:
+        """`PublishedOutputsHook`: refresh the results share's folder of a recon job's outputs
+        (`reconstructed/<job_id>/` is `/<job_id>/` on the share); None without a share."""
+        results = keys.results_prefix()
+        if self.refresher is None or not prefix.startswith(results):
+            return None
+        folder = "/" + prefix.removeprefix(results)
+        notification = self.refresher.refresh(folder)
+        return f"results share refreshed: {folder} (notification {notification})"
 
     def start_worker_processes(self, count: int, arguments: list[str]) -> LocalWorkerProcesses:
         """Workers on this machine pulling from the same queues (ECS and Batch start the
@@ -94,3 +118,14 @@ class AwsBackend:
 
     def __repr__(self) -> str:
         return f"AwsBackend(job_table={self.resources.job_table!r})"
+
+
+class _LazyClient:
+    """A client made on its first call: a backend without work for it makes none."""
+
+    def __init__(self, clients: AwsClients, service: str) -> None:
+        self._clients = clients
+        self._service = service
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._clients.client(self._service), name)

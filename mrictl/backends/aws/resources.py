@@ -30,6 +30,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "train_job_definition": ("TrainJobDefinitionArn", "MRICTL_AWS_TRAIN_JOB_DEFINITION"),
     "recon_log_group": ("ReconLogGroupName", "MRICTL_AWS_RECON_LOG_GROUP"),
     "train_log_group": ("TrainLogGroupName", "MRICTL_AWS_TRAIN_LOG_GROUP"),
+    # Not a stack output: `mrictl provision gateway --results` records it (refresh.py reads it).
+    "results_share_arn": ("ResultsShareArn", "MRICTL_AWS_RESULTS_SHARE_ARN"),
 }
 # Stages run as AWS Batch jobs where the Batch job queue and the stage's job definition are
 # known -> the fields naming that definition and the log group of its containers.
@@ -69,6 +71,7 @@ class AwsResources:
     train_job_definition: str | None = None
     recon_log_group: str | None = None
     train_log_group: str | None = None
+    results_share_arn: str | None = None
 
     @classmethod
     def from_sources(cls, outputs: Mapping[str, str], environ: Mapping[str, str]) -> AwsResources:
