@@ -33,6 +33,18 @@ app.command("gateway")(gateway)  # a file share on a Storage Gateway (mrictl.inf
 YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
+def _with_recorded_results_share(options: Any, path: Path) -> Any:
+    """The options with the results share `provision gateway --results` recorded, so recon jobs
+    may refresh its cache (compute's ResultsShareArn)."""
+    import dataclasses
+
+    from mrictl.infra.stack_settings import read_settings
+
+    record = read_settings(path).get("gateway_results") or {}
+    share = record.get("share_arn") if isinstance(record, dict) else None
+    return dataclasses.replace(options, results_share_arn=share) if share else options
+
+
 def _split(text: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in (text or "").split(",") if part.strip())
 
@@ -179,6 +191,7 @@ def provision(
     )
     options.check()
     clients, prefix, path = _connect(region, profile, endpoint_url, stack_prefix)
+    options = _with_recorded_results_share(options, path)
     plan = service.plan(clients, prefix, options)
     planned = plan.to_dict()
     document: dict[str, Any] = {

@@ -117,6 +117,9 @@ class ProvisionOptions:
     archive_days: int | None = None
     log_retention_days: int | None = None
     image_tag: str | None = None
+    # The read-only results share `provision gateway --results` recorded (its cache refreshed
+    # by recon jobs); None keeps what is deployed.
+    results_share_arn: str | None = None
 
     def check(self) -> None:
         """Usage errors in the combination of flags (CloudFormation checks each value)."""
@@ -205,6 +208,7 @@ def stack_parameters(
             "UseSpot": spot,
             "LogRetentionDays": _number(options.log_retention_days),
             "ImageTag": options.image_tag,
+            "ResultsShareArn": options.results_share_arn,
         }
     elif stack == "fsx":
         network, storage = outputs["network"], outputs["storage"]

@@ -481,6 +481,8 @@ def role_statements(document: dict):
     for logical_id, role in resources(document, "AWS::IAM::Role").items():
         for policy in role["Properties"].get("Policies", []):
             for item in policy["PolicyDocument"]["Statement"]:
+                if "Fn::If" in item:  # a statement granted under a condition: its true branch
+                    item = item["Fn::If"][1]
                 yield logical_id, item
 
 
@@ -557,3 +559,53 @@ def test_lustre_imports_the_preprocessed_area_read_only(template):
         "Fn::Sub": f"s3://${{PreprocessedBucketName}}/{keys.PREPROCESSED}/"
     }
     assert association["S3"] == {"AutoImportPolicy": {"Events": ["NEW", "CHANGED", "DELETED"]}}
+
+
+def test_restores_and_cache_refreshes_are_granted_where_the_data_plane_needs_them(template):
+    """Reprocessing an archived raw scan starts its restore (the preprocess task); a recon job
+    refreshes the results share's cache, granted only when a share is given."""
+    compute = template("compute")
+    grants = {(role, item.get("Sid")): item for role, item in role_statements(compute)}
+    restore = grants[("PreprocessTaskRole", "RestoreArchivedUploads")]
+    assert restore["Action"] == "s3:RestoreObject"
+    assert restore["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:s3:::${RawBucketName}/uploads/*"
+    }
+    refresh = grants[("BatchJobRole", "RefreshResultsShare")]
+    assert refresh["Action"] == "storagegateway:RefreshCache"
+    assert refresh["Resource"] == {"Ref": "ResultsShareArn"}
+    policy = properties(compute, "BatchJobRole")["Policies"][0]["PolicyDocument"]["Statement"]
+    conditional = next(item for item in policy if "Fn::If" in item)
+    assert conditional["Fn::If"][0] == "HasResultsShare"
+    assert compute["Parameters"]["ResultsShareArn"]["Default"] == ""
+    environment = properties(compute, "ReconJobDefinition")["ContainerProperties"]["Environment"]
+    assert {"Name": "MRICTL_AWS_RESULTS_SHARE_ARN", "Value": {"Ref": "ResultsShareArn"}} in (
+        environment
+    )
+
+
+def test_provision_passes_the_recorded_results_share(template, tmp_path):
+    import re
+
+    from mrictl.cli.provision import _with_recorded_results_share
+    from mrictl.infra.stacks import (
+        STORAGE_WIRING,
+        ProvisionOptions,
+        parse_stack_prefix,
+        stack_parameters,
+    )
+
+    path = tmp_path / "mrictl-test.json"
+    assert _with_recorded_results_share(ProvisionOptions(), path).results_share_arn is None
+    share = "arn:aws:storagegateway:us-east-1:123456789012:share/share-ABC12345"
+    path.write_text(json.dumps({"gateway_results": {"share_arn": share}}))
+    options = _with_recorded_results_share(ProvisionOptions(), path)
+    outputs = {
+        "network": {"SubnetIds": "subnet-1,subnet-2", "WorkloadSecurityGroupId": "sg-1"},
+        "storage": {name: name for name in STORAGE_WIRING},
+        "jobs": {"JobTableName": "jobs"},
+    }
+    sent = stack_parameters("compute", parse_stack_prefix("mrictl-test"), options, outputs)
+    assert sent["ResultsShareArn"] == share
+    pattern = template("compute")["Parameters"]["ResultsShareArn"]["AllowedPattern"]
+    assert re.fullmatch(pattern, share) and re.fullmatch(pattern, "")
