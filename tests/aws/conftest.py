@@ -73,7 +73,11 @@ class Cloud:
             command = [part.replace(f"Ref::{name}", value) for part in command]
         assert command[0] == "mrictl"
         scratch.mkdir(parents=True, exist_ok=True)
-        environment = {item["name"]: item["value"] for item in container["environment"]}
+        # moto hands an empty parameter's value back as [] (AWS: ""): the backend reads "" as none.
+        environment = {
+            item["name"]: item["value"] if isinstance(item["value"], str) else ""
+            for item in container["environment"]
+        }
         assert environment["HOME"] == environment["TMPDIR"] == "/tmp"
         environment.update(HOME=str(scratch), TMPDIR=str(scratch))
         environment.update(

@@ -41,6 +41,10 @@ def aws():
         method="POST",
     )
     urllib.request.urlopen(configure, timeout=30).read()
+    # moto's state is one per process: stacks other test modules made must not collide.
+    reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+    urllib.request.urlopen(reset, timeout=30).read()
+    urllib.request.urlopen(configure, timeout=30).read()
     session = boto3.session.Session(
         aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
     )
