@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import urllib.request
 import zipfile
 
 import pytest
@@ -20,36 +18,20 @@ TEMPLATES = REPOSITORY / "infra_templates"
 REGION = "us-east-1"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def aws():
     """boto3 clients of a fresh moto server (Batch without Docker), dummy credentials."""
     boto3 = pytest.importorskip("boto3")
-    server_module = pytest.importorskip("moto.server")
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
-    server.start()
-    endpoint = f"http://127.0.0.1:{server._port}"
-    configure = urllib.request.Request(
-        f"{endpoint}/moto-api/config",
-        data=json.dumps({"batch": {"use_docker": False}}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    urllib.request.urlopen(configure, timeout=30).read()
-    # moto's state is one per process: stacks other test modules made must not collide.
-    reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
-    urllib.request.urlopen(reset, timeout=30).read()
-    urllib.request.urlopen(configure, timeout=30).read()
-    session = boto3.session.Session(
-        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
-    )
-    yield lambda service: session.client(service, endpoint_url=endpoint)
-    server.stop()
+    pytest.importorskip("moto.server")
+    from tests.servers import moto_server, reset_moto
+
+    with moto_server() as endpoint:
+        # moto's state is one per process: stacks other test modules made must not collide.
+        reset_moto(endpoint)
+        session = boto3.session.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        )
+        yield lambda service: session.client(service, endpoint_url=endpoint)
 
 
 def create_stack(aws, name: str, environment: str, parameters: dict[str, str], body=None):

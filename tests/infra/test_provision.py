@@ -13,9 +13,7 @@ import datetime
 import json
 import os
 import shutil
-import socket
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +39,6 @@ REGION = "us-east-1"
 PREFIX = "mrictl-test"
 CORE_STACKS = ["network", "storage", "jobs", "compute"]
 TEMPLATES = REPOSITORY / "infra_templates"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -96,28 +88,21 @@ def credentials(patch: pytest.MonkeyPatch, config_home: Path) -> None:
 @pytest.fixture(scope="module")
 def account(tmp_path_factory):
     """A moto server (Batch without Docker) for this module; the keys for the commands."""
-    server_module = pytest.importorskip("moto.server")
-    server = server_module.ThreadedMotoServer(
-        ip_address="127.0.0.1", port=free_port(), verbose=False
-    )
-    server.start()
-    endpoint = f"http://127.0.0.1:{server._port}"
-    configure = urllib.request.Request(
-        f"{endpoint}/moto-api/config",
-        data=json.dumps({"batch": {"use_docker": False}}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    urllib.request.urlopen(configure, timeout=30).read()
-    # moto's state is global to the process: start from none, whatever ran before.
-    reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
-    urllib.request.urlopen(reset, timeout=30).read()
+    pytest.importorskip("moto.server")
+    from tests.servers import moto_server, reset_moto
+
+    with moto_server() as endpoint:
+        # moto's state is global to the process: start from none, whatever ran before.
+        reset_moto(endpoint)
+        yield from _account(endpoint, tmp_path_factory)
+
+
+def _account(endpoint: str, tmp_path_factory):
     config_home = tmp_path_factory.mktemp("config")
     with pytest.MonkeyPatch.context() as patch:
         credentials(patch, config_home)
         patch.setenv("XDG_CONFIG_HOME", str(config_home))
         yield Account(endpoint, config_home)
-    server.stop()
 
 
 @pytest.fixture(autouse=True)
