@@ -14,6 +14,7 @@ from typer.exceptions import TyperException
 
 from mrictl import __version__
 from mrictl.cli import bench, demo, image, infra, jobs, provision, recon, scan, train, worker
+from mrictl.cli import completion, doctor
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.output import to_json
 from raki.errors import (
@@ -140,6 +141,8 @@ app.add_typer(worker.app, name="worker")
 app.add_typer(infra.app, name="infra")
 app.add_typer(image.app, name="image")
 app.add_typer(provision.app, name="provision")
+app.command("doctor")(doctor.doctor)
+app.command("completion")(completion.completion)
 
 
 def _print_version(value: bool) -> None:
