@@ -58,6 +58,9 @@ class AwsSettings:
     profile: str | None = None
     stack_prefix: str = "mrictl-prod"  # <project>-<environment>, the templates' defaults
     endpoint_url: str | None = None  # one endpoint for every service (a moto server in tests)
+    # A recon job whose volume has more slices than this (default 4; "0": never) runs as an
+    # AWS Batch array job, this many slices per child, and an assembler (backends/aws/batch.py).
+    slices_per_array_child: str | None = None
     # What `mrictl provision` saved for this prefix (never set in the config file or by a flag).
     outputs: dict[str, str] = field(default_factory=dict)
 

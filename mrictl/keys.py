@@ -10,7 +10,9 @@ the AWS backend maps onto its buckets (raw, preprocessed, reconstructed).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 UPLOADS = "uploads"  # raw scan packages as the workstation sent them (tar + manifest)
 PREPROCESSED = "preprocessed"  # the canonical fastMRI HDF5 of each scan
@@ -77,6 +79,98 @@ def output(area: str, job_id: str, relative_name: str) -> str:
     if not all(_NAME_PART.fullmatch(part) for part in parts):
         raise InvalidKeyPart(f"not a safe output name: {relative_name!r}")
     return outputs_prefix(area, job_id) + relative_name
+
+
+SHARDS_NAME = "shards"  # the folder of a split recon job's slice ranges, inside its outputs
+
+
+def shards_prefix(job_id: str) -> str:
+    """Where the array children of a split recon job leave their slice ranges for its
+    assembler: `reconstructed/<job_id>/shards/` (inside the job's outputs, so a cancel removes
+    them with the rest; the assembler deletes them once the assembled outputs are stored)."""
+    return outputs_prefix(RECONSTRUCTED, job_id) + SHARDS_NAME + "/"
+
+
+def shard(job_id: str, index: int) -> str:
+    """One array child's slice range: `reconstructed/<job_id>/shards/0003.npz`."""
+    return shards_prefix(job_id) + f"{_index(index):04d}.npz"
+
+
+def shard_failure(job_id: str, index: int) -> str:
+    """Why an array child could not reconstruct its slice range, for the assembler to report:
+    `reconstructed/<job_id>/shards/0003.failed.json`."""
+    return shards_prefix(job_id) + f"{_index(index):04d}.failed.json"
+
+
+def _index(index: int) -> int:
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 10000:
+        raise InvalidKeyPart(f"not an array index: {index!r}")  # AWS Batch: at most 10000
+    return index
+
+
+SHARDS_PAYLOAD = "shards"  # a split recon job's plan in its payload (ShardPlan.as_payload)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What each shard key of a split recon job holds: child `index` of its array job
+    reconstructs slices [index * per_shard, min(slices, (index + 1) * per_shard)). The aws
+    backend writes it into the job's payload before it submits the array job; the children
+    and the assembler read it from there."""
+
+    slices: int
+    per_shard: int
+
+    def __post_init__(self) -> None:
+        if min(self.slices, self.per_shard) < 1:
+            raise InvalidKeyPart(f"not a shard plan: {self.slices} slices, {self.per_shard} each")
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> ShardPlan | None:
+        """The payload's plan; None for a job that is not split."""
+        plan = payload.get(SHARDS_PAYLOAD)
+        if plan is None:
+            return None
+        try:
+            return cls(int(plan["slices"]), int(plan["per_shard"]))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidKeyPart(f"not a shard plan: {plan!r}") from None
+
+    def as_payload(self) -> dict[str, int]:
+        return {"slices": self.slices, "per_shard": self.per_shard}
+
+    @property
+    def count(self) -> int:
+        return -(-self.slices // self.per_shard)
+
+    def range_of(self, index: int) -> tuple[int, int]:
+        """Slices [start, stop) of child `index`."""
+        if not 0 <= _index(index) < self.count:
+            raise InvalidKeyPart(f"array index {index} is outside the {self.count} shards")
+        start = index * self.per_shard
+        return start, min(self.slices, start + self.per_shard)
+
+    def describe(self, index: int) -> str:
+        start, stop = self.range_of(index)
+        return f"shard {index} (slices {start}-{stop - 1} of {self.slices})"
+
+    def slices_done_at_least(self, shards_done: int) -> int:
+        """Slices reconstructed once `shards_done` children succeeded (the last, short child
+        counted as one of them: AWS Batch's summary says how many, not which)."""
+        if shards_done >= self.count:
+            return self.slices
+        last = self.slices - (self.count - 1) * self.per_shard
+        return max(0, shards_done * self.per_shard - (self.per_shard - last))
+
+
+# The preprocessed object's metadata entry naming its slice count: what the aws backend reads
+# before it submits a recon job, to split a large volume over an array job.
+SLICES_METADATA = "slices"
+
+
+def preprocessed_metadata(scan_id: str, slices: int) -> dict[str, str]:
+    """The metadata the preprocess stage stores with `preprocessed/<scan_id>.h5`."""
+    return {"scan-id": _scan(scan_id), "format": "fastmri", SLICES_METADATA: str(int(slices))}
 
 
 WEIGHTS_NAME = "weights.pt"

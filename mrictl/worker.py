@@ -1,7 +1,8 @@
 """The worker's lease loop: claim a job, keep its lease alive, run its stage, complete or fail it.
 
 The same loop runs in `mrictl worker run` on a workstation, in the Fargate service (pulling by
-stage) and in a Batch container (`--job ID`: that one job, then exit). Delivery is
+stage) and in a Batch container (`--job ID`: that one job, then exit). An array child of a split
+recon job (`--job ID --shard`) runs no loop: `run_shard` reconstructs its slice range. Delivery is
 at-least-once: a worker that dies loses its lease and the job is claimed again after expiry, so
 stages are idempotent and publish their outputs only at the end, each object atomically. Logs
 (per job and Python logging) name jobs and stages, never patients.
@@ -302,6 +303,51 @@ def run_job(
             return backend.queue.get(job_id)
         log.info("%s %s: trying again here", claimed.stage, job_id)
         time.sleep(retry_delay * claimed.attempts)
+
+
+def run_shard(backend: Backend, job_id: str, index: int, *, worker_id: str | None = None) -> str:
+    """An array child of a split recon job (`worker run --job ID --shard`): reconstruct its
+    slice range and store it for the assembler; returns what happened, in a word: `stored`,
+    `failed` (why is stored for the assembler, which fails the job with it) or the state of a
+    job that is already final (nothing is done). Holds no lease: the assembler claims the job.
+
+    A failure is the assembler's to report, so it is recorded rather than raised: the array job
+    then succeeds and its assembler runs. NotFoundError for an unknown job, MrictlError (usage)
+    for a job that is not split or an index outside its array.
+    """
+    from mrictl.pipeline.recon_stage import plan_of, reconstruct_shard, record_shard_failure
+
+    worker_id = worker_id or default_worker_id()
+    job = backend.queue.get(job_id)
+    if job.state.is_final:
+        log.info("%s %s: shard %d: the job is %s, nothing to do", job.stage, job_id, index,
+                 job.state.value)  # fmt: skip
+        return job.state.value
+    plan = plan_of(job.payload) if job.stage == "recon" else None
+    if plan is None:
+        raise MrictlError(f"{job_id} is not split over an array job", ExitCode.USAGE)
+    if not 0 <= index < plan.count:
+        raise MrictlError(
+            f"array index {index} is outside {job_id}'s {plan.count} shards", ExitCode.USAGE
+        )
+    work_dir = backend.scratch_dir / f"{job_id}-shard{index}-{uuid.uuid4().hex[:8]}"
+    load_stages([job.stage])
+    try:
+        reconstruct_shard(
+            backend, job, index, work_dir, lambda line: _log(backend, job, worker_id, line)
+        )
+        return "stored"
+    except Exception as error:
+        reason = failure_reason(error)
+        if os.environ.get("MRICTL_DEBUG"):
+            log.exception("%s %s shard %d failed", job.stage, job_id, index)
+        record_shard_failure(
+            backend, job_id, index, reason, permanent=is_permanent(error), work_dir=work_dir
+        )
+        _log(backend, job, worker_id, f"{plan.describe(index)} failed: {reason}")
+        return "failed"
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _claim_pushed(

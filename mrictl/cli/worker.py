@@ -26,6 +26,15 @@ def run(
         str | None,
         typer.Option("--job", help="Run exactly this job, then exit (as a Batch container)."),
     ] = None,
+    shard: Annotated[
+        bool,
+        typer.Option(
+            "--shard",
+            hidden=True,  # the command of an AWS Batch array child, never a user's
+            help="With --job: reconstruct the slice range of array child "
+            "AWS_BATCH_JOB_ARRAY_INDEX of a split recon job (AWS Batch's array containers).",
+        ),
+    ] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 1,
     lease_seconds: Annotated[
         float | None, typer.Option("--lease-seconds", min=1.0, help="Job lease (s).")
@@ -56,9 +65,26 @@ def run(
         raise MrictlError(
             "--job runs one job: leave out --stage, --workers and --once", ExitCode.USAGE
         )
+    if shard and job is None:
+        raise MrictlError("--shard runs one array child of a job: give --job", ExitCode.USAGE)
     store = open_configured_backend(home, backend)
     lease = lease_seconds if lease_seconds is not None else load_settings().lease_seconds
     output = Output(json)
+    if shard:
+        from mrictl.worker import run_shard
+
+        index = os.environ.get("AWS_BATCH_JOB_ARRAY_INDEX", "")
+        if not index.isdigit():
+            raise MrictlError(
+                "--shard is an AWS Batch array child's command: AWS_BATCH_JOB_ARRAY_INDEX "
+                "is not set here",
+                ExitCode.USAGE,
+            )
+        with stop_on_signals(threading.Event(), interrupt=True):
+            outcome = run_shard(store, str(job), int(index))
+        document = {"job_id": job, "shard": int(index), "outcome": outcome}
+        output.result(document, f"{job} shard {index}: {outcome}")
+        return
     if job is not None:
         from mrictl.pipeline.jobs import job_record
 

@@ -11,18 +11,32 @@ SUBMITTED, PENDING, RUNNABLE (waiting for an instance: the reason, where AWS tel
 from the job's `statusReason` and its compute environments), STARTING or RUNNING (the
 container is starting the worker); a Batch job that ended while its record is still queued
 ran nothing, and will not (`mrictl recon retry` submits another).
+
+**Large volumes: array jobs.** A recon job whose preprocessed volume has more slices than
+`slices_per_child` (the preprocessed object's `slices` metadata, `keys.SLICES_METADATA`; a
+volume without it is not split) runs as two Batch jobs: an array job of
+ceil(slices / slices_per_child) children, `jobName=recon-<job_id>-shards`, each running
+`mrictl worker run --job ID --shard` (its index from AWS_BATCH_JOB_ARRAY_INDEX: its slice range
+to `keys.shard`; children hold no lease), and the assembler, the definition's own command,
+`dependsOn` the array job: it claims the job, assembles the shards and publishes the outputs as
+one job would. The plan (`keys.ShardPlan`) is written into the job's payload (`shards`) before
+either is submitted, so every container reads the same one. While the array runs, `waiting_reason`
+says how far it is (its `arrayProperties.statusSummary`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mrictl import keys
 from mrictl.backends.aws.resources import AwsResources
 from mrictl.backends.base import BackendError, LogEntry
+from mrictl.errors import ExitCode, MrictlError
 
 CANCEL_REASON = "cancelled by operator"
 DEFAULT_LOG_GROUP = "/aws/batch/job"  # Batch's own, for a definition that names none
@@ -48,6 +62,34 @@ RUNNABLE_REASONS = {
 }
 # A compute environment's statusReason worth repeating even while it is VALID and ENABLED.
 ENVIRONMENT_HINTS = ("limit", "capacity", "insufficient", "quota")
+DEFAULT_SLICES_PER_CHILD = 4  # aws.slices_per_array_child when not set
+MAX_ARRAY_SIZE = 10000  # AWS Batch's limit on an array job's children
+SPLIT_STAGE = "recon"  # the stage whose slices are reconstructed independently
+SHARD_FLAG = "--shard"  # `mrictl worker run --job ID --shard`: an array child's command
+
+
+def slices_per_child_setting(value: str | int | None) -> int:
+    """`aws.slices_per_array_child` as a count: DEFAULT_SLICES_PER_CHILD when not set, 0 to
+    never split; anything else is a usage error naming the setting."""
+    if value is None or value == "":
+        return DEFAULT_SLICES_PER_CHILD
+    text = str(value).strip()
+    if isinstance(value, bool) or not text.isdigit():
+        raise MrictlError(
+            f"aws.slices_per_array_child must be a whole number >= 0 (0: never split), "
+            f"not {text!r}",
+            ExitCode.USAGE,
+        )
+    return int(text)
+
+
+# The states of an array job's children, in the order a summary names them.
+ARRAY_STATES = ("SUCCEEDED", "RUNNING", "STARTING", "RUNNABLE", "PENDING", "SUBMITTED", "FAILED")
+
+
+def shard_command(job_id: str) -> list[str]:
+    """An array child's command (the job definition's, with the shard flag)."""
+    return ["mrictl", "worker", "run", "--job", job_id, SHARD_FLAG]
 
 
 @contextlib.contextmanager
@@ -70,9 +112,16 @@ def _explained(reason: str) -> str:
 class BatchService:
     """The Batch and CloudWatch Logs calls of the aws backend; clients made on first use."""
 
-    def __init__(self, client_for: Callable[[str], Any], resources: AwsResources) -> None:
+    def __init__(
+        self,
+        client_for: Callable[[str], Any],
+        resources: AwsResources,
+        *,
+        slices_per_child: int = DEFAULT_SLICES_PER_CHILD,
+    ) -> None:
         self._client_for = client_for
         self.resources = resources
+        self.slices_per_child = slices_per_child
 
     @property
     def batch(self) -> Any:
@@ -93,6 +142,73 @@ class BatchService:
             )
         return str(response["jobId"])
 
+    # Large volumes ------------------------------------------------------------------------------
+
+    def plan_for(self, stage: str, payload: Mapping[str, Any]) -> keys.ShardPlan | None:
+        """The array plan of a job, or None to run it as one Batch job: only recon jobs, not
+        those applying a train job's weights (its networks are per slice of its whole volume),
+        and only volumes of more than `slices_per_child` slices whose count the preprocessed
+        object records."""
+        per_shard = self.slices_per_child
+        scan_id = payload.get("scan_id")
+        if stage != SPLIT_STAGE or per_shard < 1 or not keys.is_scan_id(scan_id):
+            return None
+        if (payload.get("options") or {}).get("weights_job"):
+            return None
+        slices = self.volume_slices(str(scan_id))
+        if slices is None or slices <= per_shard:
+            return None
+        per_shard = max(per_shard, math.ceil(slices / MAX_ARRAY_SIZE))
+        return keys.ShardPlan(slices, per_shard)
+
+    def volume_slices(self, scan_id: str) -> int | None:
+        """The slice count the preprocessed object's metadata records; None when it records
+        none (preprocessed by an earlier version) or is not there yet."""
+        key = keys.preprocessed(scan_id)
+        try:
+            head = self._client_for("s3").head_object(
+                Bucket=self.resources.bucket_for(key), Key=key
+            )
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise BackendError(f"reading the size of {scan_id}: S3 error ({code})") from None
+        except BotoCoreError as error:
+            raise BackendError(
+                f"reading the size of {scan_id}: S3 error ({type(error).__name__})"
+            ) from None
+        text = str((head.get("Metadata") or {}).get(keys.SLICES_METADATA, ""))
+        return int(text) if text.isdigit() and int(text) > 0 else None
+
+    def submit_array(self, stage: str, job_id: str, plan: keys.ShardPlan) -> tuple[str, str]:
+        """Submit the array job of `plan` and the assembler that depends on it; (array job id,
+        assembler's id). An assembler that cannot be submitted stops the array job again."""
+        with _aws(f"submitting {job_id}'s array job to AWS Batch"):
+            array = self.batch.submit_job(
+                jobName=f"{stage}-{job_id}-shards",
+                jobQueue=self.resources.batch_job_queue,
+                jobDefinition=self.resources.batch_definition_for(stage),
+                parameters={"job_id": job_id},
+                arrayProperties={"size": plan.count},
+                containerOverrides={"command": shard_command(job_id)},
+            )
+        array_id = str(array["jobId"])
+        try:
+            with _aws(f"submitting {job_id}'s assembler to AWS Batch"):
+                assembler = self.batch.submit_job(
+                    jobName=f"{stage}-{job_id}",
+                    jobQueue=self.resources.batch_job_queue,
+                    jobDefinition=self.resources.batch_definition_for(stage),
+                    parameters={"job_id": job_id},
+                    dependsOn=[{"jobId": array_id}],
+                )
+        except BackendError:
+            with contextlib.suppress(BackendError):
+                self.terminate(array_id)
+            raise
+        return array_id, str(assembler["jobId"])
+
     def terminate(self, batch_job_id: str) -> None:
         """Stop a Batch job (cancelled if it has not started, its container sent SIGTERM if it
         has); Batch never retries a terminated job, whatever the retry strategy."""
@@ -111,6 +227,38 @@ class BatchService:
         return found is None or found.get("status") in FINAL_STATUSES
 
     # Why a queued job waits --------------------------------------------------------------------
+
+    def array_waiting_reason(
+        self, array_job_id: str, assembler_id: str, plan: keys.ShardPlan
+    ) -> str:
+        """How far a split job's array job is (slices done, from Batch's count of its
+        children), or, once it succeeded, why the assembler waits."""
+        found = self.describe(array_job_id)
+        name = f"AWS Batch array job {array_job_id}"
+        if found is None:
+            return f"{name} is no longer known to Batch: `mrictl recon retry` submits another"
+        status = str(found.get("status"))
+        if status == "SUCCEEDED":
+            return f"all {plan.slices} slices reconstructed; " + self.waiting_reason(assembler_id)
+        summary = (found.get("arrayProperties") or {}).get("statusSummary") or {}
+        counts = {state: int(summary.get(state) or 0) for state in summary}
+        done = counts.get("SUCCEEDED", 0)
+        if status == "FAILED":
+            failed = counts.get("FAILED", 0)
+            return (
+                f"{name} ended FAILED ({failed} of {plan.count} shards failed): its assembler "
+                f"{assembler_id} will not run the job; `mrictl recon retry` submits both again"
+            )
+        parts = [f"slices {plan.slices_done_at_least(done)}/{plan.slices}"]
+        parts += [f"{counts[state]} {state}" for state in ARRAY_STATES if counts.get(state)]
+        reason = f"{name}: {', '.join(parts)} (shards of {plan.per_shard} slices)"
+        if counts.get("RUNNABLE"):
+            waits = ["RUNNABLE shards wait for an instance"]
+            if found.get("statusReason"):
+                waits.append(_explained(str(found["statusReason"])))
+            waits += self._queue_reasons(str(found.get("jobQueue") or ""))
+            reason += "; " + "; ".join(waits)
+        return f"{reason}; its assembler {assembler_id} waits for it"
 
     def waiting_reason(self, batch_job_id: str) -> str:
         found = self.describe(batch_job_id)

@@ -45,6 +45,13 @@ one, and so does `retry` of a job Batch will not run (queued while its Batch job
 `waiting_reason` and `batch_logs` say what Batch says: why a queued job is not running yet, and
 what its containers wrote to CloudWatch Logs.
 
+**Large volumes.** A recon job whose volume Batch should spread (`BatchService.plan_for`) gets
+two Batch jobs: an array job over its slices and the assembler that depends on it. The record
+keeps both (`batch_array_job_id` beside `batch_job_id`, the assembler's, which is the one that
+claims the job); the plan goes into the payload (`shards`) before either is submitted. Cancel
+stops both; retry, and a dispatch again of a job Batch will not run, submit both again; while
+the array runs, `waiting_reason` says how many slices are done.
+
 The queues' own dead-letter queues (`maxReceiveCount` in infra_templates/storage.yaml, 5 by
 default) are a backstop above `max_attempts`: a job's attempts are counted on its record, and
 each receive of its message (a claim, a failure given back, a worker of another stage handing
@@ -110,6 +117,7 @@ DECIDE_SECONDS = 30  # a received message stays hidden while this process decide
 MAX_VISIBILITY_SECONDS = 43200  # SQS's limit
 UPLOAD_GRACE_SECONDS = 30.0
 DISPATCH_LOCK_SECONDS = 60.0  # one process submits a job's Batch job; a crashed one's lock ends
+ARRAY_FIELD = "batch_array_job_id"  # a split recon job's array job, beside its assembler's id
 STAGE_ATTRIBUTE = "stage"
 
 
@@ -213,19 +221,56 @@ class AwsJobQueue:
             f" AND (attribute_not_exists({until}) OR {until} < {lock.value(now)})"
         )
         try:
-            self._write(job_id, lock, condition)
+            locked = self._write(job_id, lock, condition, returning="ALL_NEW")
         except ConditionFailed:
             return  # it has its Batch job, one is being submitted, or it is no longer queued
+        array_id = None
         try:
-            batch_job_id = self.batch.submit(stage, job_id)
+            plan = self._planned(job_id, stage, locked)
+            if plan is None:
+                batch_job_id = self.batch.submit(stage, job_id)
+            else:
+                array_id, batch_job_id = self.batch.submit_array(stage, job_id, plan)
         except BackendError:
             release = Update().remove("dispatching_until")
             with contextlib.suppress(ConditionFailed, BackendError):
                 self._write(job_id, release, f"attribute_exists({release.name('state')})")
             raise
         record = Update().set("batch_job_id", batch_job_id).remove("dispatching_until")
+        if array_id is None:
+            record.remove(ARRAY_FIELD)
+        else:
+            record.set(ARRAY_FIELD, array_id)
         self._write(job_id, record, f"attribute_exists({record.name('state')})")
-        self.append_log(job_id, f"submitted to AWS Batch as {batch_job_id}")
+        if plan is None:
+            self.append_log(job_id, f"submitted to AWS Batch as {batch_job_id}")
+        else:
+            self.append_log(
+                job_id,
+                f"submitted to AWS Batch as array job {array_id} ({plan.count} shards of at "
+                f"most {plan.per_shard} of {plan.slices} slices) and its assembler "
+                f"{batch_job_id}",
+            )
+
+    def _planned(self, job_id: str, stage: str, locked: Mapping[str, Any]) -> keys.ShardPlan | None:
+        """The job's array plan (None: one Batch job), written into its payload while this
+        process holds the dispatch lock, before any container can read it."""
+        assert self.batch is not None
+        payload = json.loads(locked["payload"])
+        plan = self.batch.plan_for(stage, payload)
+        wanted = None if plan is None else plan.as_payload()
+        if payload.get(keys.SHARDS_PAYLOAD) != wanted:
+            payload.pop(keys.SHARDS_PAYLOAD, None)
+            if wanted is not None:
+                payload[keys.SHARDS_PAYLOAD] = wanted
+            update = Update().set("payload", json.dumps(payload, sort_keys=True))
+            until = locked["dispatching_until"]
+            held = f"{update.name('dispatching_until')} = {update.value(until)}"
+            try:
+                self._write(job_id, update, held)
+            except ConditionFailed:
+                raise BackendError(f"{job_id}: its dispatch lock ran out: try again") from None
+        return plan
 
     def _create(
         self,
@@ -596,7 +641,7 @@ class AwsJobQueue:
     # Cancel and retry --------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> Job:
-        item = self._item(job_id, JOB_FIELDS)
+        item = self._item(job_id, (*JOB_FIELDS, ARRAY_FIELD))
         if item is None:
             raise NotFoundError(f"{job_id}: no such job")
         before = item["state"]
@@ -618,10 +663,12 @@ class AwsJobQueue:
             now_state = lost.item["state"] if lost.item else "gone"
             raise ConflictError(f"{job_id} already {now_state}: nothing to cancel") from None
         self.append_log(job_id, f"cancelled while {before}")
-        batch_job_id = item.get("batch_job_id")
-        if batch_job_id and self.batch is not None:
+        for batch_job_id in (item.get(ARRAY_FIELD), item.get("batch_job_id")):
+            if not batch_job_id or self.batch is None:
+                continue
             # The record is the fence already: a container that still starts finds the job
-            # cancelled; stopping the Batch job saves its instance.
+            # cancelled; stopping the Batch jobs saves their instances (an array job's
+            # children with it).
             try:
                 self.batch.terminate(batch_job_id)
                 self.append_log(job_id, f"stopped AWS Batch job {batch_job_id}")
@@ -643,7 +690,7 @@ class AwsJobQueue:
         queue_url = None if by_batch else self.resources.require_queue(item["stage"])
         update = Update().set("state", JobState.QUEUED.value).set("attempts", 0)
         update.set("updated_at", self.clock()).remove("error", "worker_id", "expires_at")
-        update.remove("batch_job_id", "dispatching_until")
+        update.remove("batch_job_id", "dispatching_until", ARRAY_FIELD)
         state = update.name("state")
         condition = f"{state} IN ({update.value(retryable[0])}, {update.value(retryable[1])})"
         try:
@@ -680,6 +727,7 @@ class AwsJobQueue:
         job_id = item["job_id"]
         update = Update().set("state", JobState.QUEUED.value).set("updated_at", self.clock())
         update.remove("batch_job_id", "dispatching_until", "lease_token", "lease_expires_at")
+        update.remove(ARRAY_FIELD)
         condition = f"{update.name('state')} = {update.value(item['state'])}"
         if item.get("batch_job_id"):
             condition += (
@@ -714,6 +762,12 @@ class AwsJobQueue:
                     "not submitted to AWS Batch (the submission failed): `mrictl recon retry` "
                     "submits it"
                 )
+            plan = keys.ShardPlan.from_payload(job.payload)
+            if plan is not None:
+                item = self._item(job.job_id, ("job_id", "state", ARRAY_FIELD))
+                array_id = (item or {}).get(ARRAY_FIELD)
+                if array_id:
+                    return self.batch.array_waiting_reason(array_id, job.batch_job_id, plan)
             return self.batch.waiting_reason(job.batch_job_id)
         except BackendError as error:
             return f"AWS Batch could not be asked why: {error}"
