@@ -49,10 +49,25 @@ def _called_name(node: ast.expr) -> str | None:
     return None
 
 
-def _text(node: ast.expr | None, assigned: dict[str, list[ast.expr]], depth: int = 0) -> list[str]:
-    """Every text the expression can evaluate to, WILDCARD for what the source leaves open."""
+# A module's functions that return text: name -> (returned expressions, their assignments).
+Functions = dict[str, tuple[list[ast.expr], dict[str, list[ast.expr]]]]
+
+
+def _text(
+    node: ast.expr | None,
+    assigned: dict[str, list[ast.expr]],
+    depth: int = 0,
+    functions: Functions | None = None,
+) -> list[str]:
+    """Every text the expression can evaluate to, WILDCARD for what the source leaves open;
+    a call of a function of the same module stands for every text that function returns."""
     if node is None or depth > 4:
         return [WILDCARD]
+    functions = functions or {}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
+        returned, inner = functions[node.func.id]
+        texts = [t for value in returned for t in _text(value, inner, depth + 1, functions)]
+        return texts or [WILDCARD]
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return [node.value]
     if isinstance(node, ast.JoinedStr):
@@ -66,7 +81,8 @@ def _text(node: ast.expr | None, assigned: dict[str, list[ast.expr]], depth: int
                 and value.value.id in assigned
                 and value.format_spec is None
             ):  # a message built in steps: `{when}` is one of the texts `when` was given
-                options = _text(value.value, assigned, depth + 1)
+                # (or, as any placeholder, whatever the page calls it)
+                options = [WILDCARD, *_text(value.value, assigned, depth + 1, functions)]
                 pieces = [piece + option for piece in pieces for option in options]
             else:
                 pieces = [piece + WILDCARD for piece in pieces]
@@ -74,13 +90,16 @@ def _text(node: ast.expr | None, assigned: dict[str, list[ast.expr]], depth: int
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
         return [
             left + right
-            for left in _text(node.left, assigned, depth + 1)
-            for right in _text(node.right, assigned, depth + 1)
+            for left in _text(node.left, assigned, depth + 1, functions)
+            for right in _text(node.right, assigned, depth + 1, functions)
         ]
     if isinstance(node, ast.IfExp):
-        return _text(node.body, assigned, depth + 1) + _text(node.orelse, assigned, depth + 1)
+        return _text(node.body, assigned, depth + 1, functions) + _text(
+            node.orelse, assigned, depth + 1, functions
+        )
     if isinstance(node, ast.Name) and node.id in assigned:
-        return [text for value in assigned[node.id] for text in _text(value, assigned, depth + 1)]
+        values = assigned[node.id]
+        return [t for value in values for t in _text(value, assigned, depth + 1, functions)]
     return [WILDCARD]
 
 
@@ -143,6 +162,13 @@ def templates_in(path: Path) -> list[MessageTemplate]:
         names = _assignments(scope)
         for node in ast.walk(scope):
             owner[id(node)] = names
+    functions: Functions = {}
+    for function in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+        returned = [
+            n.value for n in ast.walk(function) if isinstance(n, ast.Return) and n.value is not None
+        ]
+        if any(isinstance(value, ast.JoinedStr | ast.Constant | ast.BinOp) for value in returned):
+            functions[function.name] = (returned, _assignments(function))
     found = _built_by_init(tree, path)
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
@@ -158,12 +184,12 @@ def templates_in(path: Path) -> list[MessageTemplate]:
             if reason_node is None and name in DEFAULT_FILE_REASON:
                 reasons = [DEFAULT_FILE_REASON[name]]
             else:
-                reasons = _text(reason_node, assigned)
+                reasons = _text(reason_node, assigned, 0, functions)
             texts = [f"{WILDCARD}: {reason}" for reason in reasons]
         else:
             first = call.args[0] if call.args else None
             first = next((k.value for k in call.keywords if k.arg == "message"), first)
-            texts = _text(first, assigned)
+            texts = _text(first, assigned, 0, functions)
         where = f"{path.relative_to(REPO).as_posix()}:{node.lineno}"
         for text in texts:
             found.append(MessageTemplate(name, _exit_code_name(call), text, where))
