@@ -2,17 +2,20 @@
 
 simulate (or take a file) -> upload -> preprocess -> reconstruct (with GRAPPA and zero-fill
 beside the chosen method, for the quality table) -> fetch, all through the same backend, queue
-and worker code that production uses.
+and worker code that production uses. It says how long it should take before it starts, and
+what it is doing while it runs (mrictl.demo_progress).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mrictl.demo_progress import DemoProgress, about, estimate_seconds, host_gflops
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.pipeline import jobs
 from mrictl.worker import run_worker
@@ -55,8 +58,14 @@ def run_demo(
     snr: float = 20.0,
     step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every stage on one scan and return the final job record plus where outputs went."""
+    """Run every stage on one scan and return the final job record plus where outputs went.
+
+    `step` is told each step, the estimate before the start and the progress (one line each).
+    """
+    from raki.method_names import DEFAULT_METHOD
+
     step = step or (lambda _: None)
+    started = time.monotonic()
     waiting = [job for state in ("queued", "running") for job in backend.queue.list(state=state)]
     if waiting:
         # The demo's worker would run them first (a queue is first in, first out), and a
@@ -67,25 +76,40 @@ def run_demo(
             ExitCode.CONFLICT,
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    if input_path is not None:
+        from mrictl.scans import describe_scan_file
+
+        slices = int(describe_scan_file(input_path)["slices"])
+    gflops = host_gflops()
+    estimate = estimate_seconds(
+        method or DEFAULT_METHOD, slices=slices, iterations=iterations, gflops=gflops
+    )
+    step(
+        f"this host computes {gflops:.0f} GFLOP/s now (a 0.2 s calibration): "
+        f"the demo should take {about(estimate)}"
+    )
     if input_path is None:
-        step(f"simulating a {coils}-coil {matrix[0]}x{matrix[1]} phantom, {slices} slices")
+        step(f"1/4 simulating a {coils}-coil {matrix[0]}x{matrix[1]} phantom, {slices} slices")
         input_path = write_scan(
             simulate_scan(matrix, num_coils=coils, num_slices=slices, snr=snr, seed=0),
             out_dir / "phantom_fully_sampled.h5",
         )
     options = {"acceleration": acceleration, "acs_lines": acs_lines, "iterations": iterations}
     options["compare"] = list(COMPARED_METHODS)
-    step("uploading (tar + manifest + checksums) and queueing")
+    step("2/4 uploading (tar + manifest + checksums) and queueing")
     record = jobs.submit(backend, input_path, method, options)
-    step("running the worker: preprocess, then reconstruct")
-    run_worker(backend, once=True)
+    compared = " and ".join(COMPARED_METHODS)
+    step(f"3/4 running the worker: preprocess, then reconstruct (and {compared} to compare)")
+    with DemoProgress(step, slices=slices, estimate=estimate):
+        run_worker(backend, once=True)
     final = jobs.wait(backend, record["job_id"], timeout=0)
     if final["state"] != "succeeded":
         raise MrictlError(
             f"demo job {final['job_id']} {final['state']}: {final['error']}", ExitCode.JOB_FAILED
         )
-    step("fetching outputs")
+    step("4/4 fetching outputs")
     files = _fetch_replacing_earlier_demo(backend, record["job_id"], out_dir / "outputs")
+    step(f"done in {time.monotonic() - started:.0f} s (the estimate was {about(estimate)})")
     return {
         "job_id": record["job_id"],
         "final_job_id": final["job_id"],

@@ -1,7 +1,9 @@
-"""Rendering: one JSON document on stdout for scripts (--json), human text on stderr.
+"""Rendering: a command's result on stdout (human text, or one JSON document with --json);
+progress, notes, warnings and errors on stderr.
 
-Human output goes through rich on stderr, which honours NO_COLOR and draws progress bars only on
-a terminal, so that stdout stays machine-readable and logs stay free of control codes.
+As gh, kubectl and aws do: `mrictl scan info x.h5 > info.txt` keeps the result, and a script's
+stdout holds the result alone. Both streams go through rich, which honours NO_COLOR and writes
+colour and progress bars only to a terminal, so that files and logs stay free of control codes.
 """
 
 from __future__ import annotations
@@ -51,31 +53,44 @@ def to_json(document: Any) -> str:
     return json.dumps(_finite(document), default=_json_default, indent=2, sort_keys=False)
 
 
+def _console(stderr: bool) -> Console:
+    """A rich console on stdout or stderr. Off a terminal it writes no colour or control codes
+    (rich's own rule; NO_COLOR is honoured on a terminal too) and is PIPE_WIDTH wide unless
+    COLUMNS says otherwise: a pipe or a log file has no width to fit, and rich's 80 columns would
+    cut job ids and times short ("job-0b93a…"), which scripts and log readers need whole."""
+    stream = sys.stderr if stderr else sys.stdout
+    width = None
+    if not _is_terminal(stream) and not os.environ.get("COLUMNS"):
+        width = PIPE_WIDTH
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
 class Output:
-    """Where a command's results and messages go, decided once per invocation."""
+    """Where a command's result and its messages go, decided once per invocation.
+
+    `result` writes to stdout; `console` (stderr) is for what is not the result: progress,
+    notes, warnings, a plan shown before a confirmation, live views.
+    """
 
     def __init__(self, json_mode: bool = False) -> None:
         self.json_mode = json_mode
-        width = None
-        if not _is_terminal(sys.stderr) and not os.environ.get("COLUMNS"):
-            # A pipe or a log file has no width to fit: rich's 80 columns would cut job ids
-            # and times short ("job-0b93a…"), which scripts and log readers need whole.
-            width = PIPE_WIDTH
-        self.console = Console(stderr=True, highlight=False, width=width)
+        self.console = _console(stderr=True)
+        self.result_console = _console(stderr=False)
 
     def result(self, document: Any, human: Callable[[Console], None] | str | None = None) -> None:
-        """Emit the command's result: JSON on stdout, or the human rendering on stderr."""
+        """Emit the command's result on stdout: the JSON document, or the human rendering."""
         if self.json_mode:
             sys.stdout.write(to_json(document) + "\n")
             sys.stdout.flush()
         elif callable(human):
-            human(self.console)
+            human(self.result_console)
         elif human is not None:
-            self.console.print(human)
+            # A plain line may hold a path or a message with brackets: never read as markup.
+            self.result_console.print(human, markup=False)
 
     def info(self, message: str) -> None:
-        """A human note on stderr, shown in both modes (stdout stays clean for --json)."""
-        self.console.print(message)
+        """A note on stderr, shown in both modes: progress and diagnostics, never the result."""
+        self.console.print(message, markup=False)
 
     @property
     def interactive(self) -> bool:

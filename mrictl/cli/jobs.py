@@ -189,7 +189,10 @@ def watch(
     records = jobs.status(store)
     live = output.interactive and not json
     if live or timeout is not None:
-        table = Live(records_table(records, STATUS_COLUMNS), console=output.console)
+        # The live view is progress on stderr, gone when done: the final table is the result.
+        table = Live(
+            records_table(records, STATUS_COLUMNS), console=output.console, transient=True
+        )
         with table if live else contextlib.nullcontext():
             while busy(records) and (deadline is None or time.monotonic() < deadline):
                 time.sleep(interval if deadline is None else min(interval, timeout))
@@ -213,7 +216,7 @@ def logs(
     json: JsonFlag = False,
 ) -> None:
     """The log lines of a job and of the jobs it led to; then, on AWS Batch, what their
-    containers wrote (marked [batch])."""
+    containers wrote (marked batch)."""
     from mrictl.pipeline import jobs
 
     entries = jobs.logs(open_configured_backend(home, backend), job)

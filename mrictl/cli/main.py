@@ -15,6 +15,7 @@ from typer.exceptions import TyperException
 from mrictl import __version__
 from mrictl.cli import bench, demo, image, infra, jobs, provision, recon, scan, train, worker
 from mrictl.cli import completion, doctor
+from mrictl.cli.help_format import tidy_help
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.output import to_json
 from raki.errors import (
@@ -84,33 +85,63 @@ def report(code: ExitCode | int, message: str, json_mode: bool) -> ExitCode | in
     return code
 
 
+def usage_message(error: TyperException, root: TyperGroup, argv: list[str]) -> str:
+    """click's usage error as one line, pointing at the help of the command it concerns."""
+    message = error.format_message()
+    if hasattr(error, "possibilities"):  # click's NoSuchOption: its hint in words
+        message = f"No such option: {error.option_name}"
+        if error.possibilities:
+            message += f"; did you mean {' or '.join(sorted(error.possibilities))}?"
+    message = " ".join(message.split()).rstrip(".")
+    context = getattr(error, "ctx", None)
+    command = context.command_path if context is not None else command_path(root, argv)
+    return f"{message} (see `{command} --help`)"
+
+
+def command_path(root: TyperGroup, argv: list[str]) -> str:
+    """`mrictl recon run` for `recon run x --out`: the sub-commands that argv names (some usage
+    errors are raised before click knows which command they concern)."""
+    names, command = ["mrictl"], root
+    for token in argv:
+        if token.startswith("-") or not isinstance(command, TyperGroup):
+            break
+        if token not in command.commands:
+            break
+        names.append(token)
+        command = command.commands[token]
+    return " ".join(names)
+
+
 class MrictlGroup(TyperGroup):
     """Runs a command and turns every failure into one line on stderr and its exit code."""
 
     def main(self, args: Any = None, *pargs: Any, **kwargs: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         json_mode = "--json" in argv
+        tidy_help(self)
+        if not pargs:  # `python -m mrictl` and test runners too: the command is mrictl
+            kwargs["prog_name"] = "mrictl"
+        # click reports usage errors itself (a boxed, multi-line panel) only in standalone
+        # mode: without it they come here, and both modes get one line and the usage code.
+        kwargs["standalone_mode"] = False
         try:
-            if not json_mode:
-                try:
-                    return super().main(argv, *pargs, **kwargs)
-                except SystemExit as done:  # typer turns Ctrl-C into a silent exit 130
-                    if done.code == ExitCode.INTERRUPTED:
-                        report(ExitCode.INTERRUPTED, "interrupted", False)
-                    raise
-            # Scripts get usage errors and interrupts as JSON too: click reports them itself
-            # only in standalone mode, so run without it and report here.
-            kwargs["standalone_mode"] = False
             try:
                 result = super().main(argv, *pargs, **kwargs)
-            except TyperException as error:  # usage errors: a bad flag, a missing argument
-                sys.exit(report(error.exit_code, " ".join(error.format_message().split()), True))
+            except TyperException as error:  # a bad flag, a missing argument, no such command
+                if type(error).__name__ == "NoArgsIsHelpError":  # the help is already shown
+                    sys.exit(error.exit_code)
+                sys.exit(report(error.exit_code, usage_message(error, self, argv), json_mode))
             except typer.Abort:
                 result = ExitCode.INTERRUPTED
             # Without standalone mode typer returns an Exit's code (130: Ctrl-C) instead.
             if result == ExitCode.INTERRUPTED:
-                sys.exit(report(ExitCode.INTERRUPTED, "interrupted", True))
+                sys.exit(report(ExitCode.INTERRUPTED, "interrupted", json_mode))
             sys.exit(result if isinstance(result, int) else ExitCode.OK)
+        except BrokenPipeError:
+            # A reader that stopped early (`| head`) is no failure to report: stop quietly, with
+            # stdout pointed nowhere so that the interpreter's last flush raises nothing either.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(ExitCode.INTERNAL)
         except (MrictlError, RakiError, OSError) as error:
             if os.environ.get("MRICTL_DEBUG"):
                 raise
@@ -147,7 +178,9 @@ app.command("completion")(completion.completion)
 
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"mrictl {__version__}")
+        from mrictl.revision import git_revision, version_line
+
+        typer.echo(version_line(__version__, git_revision()))
         raise typer.Exit()
 
 
@@ -155,7 +188,12 @@ def _print_version(value: bool) -> None:
 def root(
     version: Annotated[
         bool,
-        typer.Option("--version", callback=_print_version, is_eager=True, help="Show version."),
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Show the version and the git revision it was built from.",
+        ),
     ] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log details to stderr.")

@@ -203,11 +203,16 @@ def provision(
         "data_at_risk": planned["data_at_risk"],
         "results": [],
     }
-    if not json:
-        _render_plan(output.console, plan)
-    if dry_run:
-        output.result(document, "dry run: nothing changed")
+    if dry_run:  # the plan is the result
+
+        def render(console) -> None:
+            _render_plan(console, plan)
+            console.print("dry run: nothing changed")
+
+        output.result(document, render)
         return
+    if not json:  # shown before the confirmation, beside the progress: not the result
+        _render_plan(output.console, plan)
     if not plan.changed:
         outputs = service.save_outputs(clients, prefix, path)
         document |= {"outputs": outputs, "outputs_file": str(path)}

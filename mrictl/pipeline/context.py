@@ -19,6 +19,9 @@ from mrictl.backends.base import Backend, BackendError, Job, LeaseLostError, Obj
 from mrictl.pipeline.stages import Stage
 
 log = logging.getLogger("mrictl.worker")
+# A stage's progress updates, at DEBUG: off unless someone in this process listens (`mrictl demo`
+# shows the slices of the worker it runs); the update is the record's `progress` attribute.
+progress_log = logging.getLogger("mrictl.progress")
 
 
 class JobAborted(Exception):
@@ -113,6 +116,10 @@ class StageContext:
 
     def progress(self, update: Mapping[str, float]) -> None:
         """A `progress=` callback for long computations: the point where cancellation lands."""
+        if progress_log.isEnabledFor(logging.DEBUG):
+            progress_log.debug(
+                "%s %s", self.job.stage, self.job.job_id, extra={"progress": dict(update)}
+            )
         self.check()
 
     def check_now(self) -> None:

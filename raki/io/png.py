@@ -7,6 +7,11 @@ radiological view: anterior at the top, the patient's left on the right of the s
 
 Windowing is robust: black at 0 (or the minimum, if lower), white at the 99.5th percentile, so a
 few bright pixels do not darken the whole picture. One window serves a whole volume.
+
+Previews are for looking at, not for diagnosis (the DICOM series is the image): a small matrix
+(64 px) is enlarged by repeating each pixel a whole number of times, to at least 512 px on the
+long side, in the shape of the pixels where their spacing is known, and every PNG says so in its
+"Description" text chunk.
 """
 
 from __future__ import annotations
@@ -19,11 +24,40 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 
 WHITE_PERCENTILE = 99.5
 GAP_PX = 4
 LABEL_PX = 14
 MIN_PANEL_PX = 128
+PREVIEW_LONG_SIDE_PX = 512
+PREVIEW_NOTE = (
+    "Preview for viewing, not for diagnosis: 8-bit, windowed at 0 to the 99.5th percentile, "
+    "each image pixel repeated {rows}x{columns} (rows x columns)."
+)
+
+
+def enlargement(
+    shape: tuple[int, int],
+    pixel_spacing_mm: tuple[float, float] | None = None,
+    long_side: int = PREVIEW_LONG_SIDE_PX,
+) -> tuple[int, int]:
+    """Whole repeat factors (rows, columns) that make an image of `shape` at least `long_side`
+    pixels on its long side and keep the pixels' physical shape (row and column spacing in mm,
+    square when unknown) to within half a preview pixel. Nearest neighbour: no value is made
+    up, and averaging each block gives the image back."""
+    rows_mm, columns_mm = pixel_spacing_mm or (1.0, 1.0)
+    if not (math.isfinite(rows_mm) and math.isfinite(columns_mm)) or min(rows_mm, columns_mm) <= 0:
+        rows_mm = columns_mm = 1.0
+    finest = min(rows_mm, columns_mm)
+    row_units, column_units = rows_mm / finest, columns_mm / finest  # each at least 1
+    longest = max(shape[0] * row_units, shape[1] * column_units)
+    per_unit = max(1, math.ceil(long_side / longest))
+    return max(1, round(per_unit * row_units)), max(1, round(per_unit * column_units))
+
+
+def _enlarged(levels: np.ndarray, factors: tuple[int, int]) -> Image.Image:
+    return Image.fromarray(np.repeat(np.repeat(levels, factors[0], axis=0), factors[1], axis=1))
 
 
 def robust_window(image: np.ndarray) -> tuple[float, float]:
@@ -56,13 +90,17 @@ def _volume(image: np.ndarray) -> np.ndarray:
     return image
 
 
-def _save(picture: Image.Image, path: Path) -> Path:
-    """Write a PNG under a temporary name beside `path`, then rename it into place."""
+def _save(picture: Image.Image, path: Path, factors: tuple[int, int] = (1, 1)) -> Path:
+    """Write a PNG, saying in its text that it is a preview, under a temporary name beside
+    `path`, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = PngInfo()
+    text.add_text("Description", PREVIEW_NOTE.format(rows=factors[0], columns=factors[1]))
+    text.add_text("Software", "mrictl (raki.io.png)")
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            picture.save(stream, format="PNG")
+            picture.save(stream, format="PNG", pnginfo=text)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -78,9 +116,15 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def write_previews(
-    image: np.ndarray, out_dir: str | Path, *, names: Sequence[str] | None = None
+    image: np.ndarray,
+    out_dir: str | Path,
+    *,
+    names: Sequence[str] | None = None,
+    pixel_spacing_mm: tuple[float, float] | None = None,
+    long_side: int = PREVIEW_LONG_SIDE_PX,
 ) -> list[Path]:
-    """One grey PNG per slice of `image` [slice, kx, ky], one pixel per image pixel.
+    """One grey PNG per slice of `image` [slice, kx, ky], enlarged for viewing (`enlargement`:
+    at least `long_side` px; `pixel_spacing_mm` is (readout, phase), the DICOM PixelSpacing).
 
     `names` are the file names (".png" added when missing); default slice_000.png, ...
     """
@@ -94,22 +138,34 @@ def write_previews(
         raise ValueError("preview names must be plain file names, not paths")
     out_dir = Path(out_dir)
     window = robust_window(volume)
+    factors = enlargement(volume.shape[1:], pixel_spacing_mm, long_side)
     return [
-        _save(Image.fromarray(to_uint8(slice_, window)), out_dir / name)
+        _save(_enlarged(to_uint8(slice_, window), factors), out_dir / name, factors)
         for slice_, name in zip(volume, names, strict=True)
     ]
 
 
 def write_contact_sheet(
-    image: np.ndarray, path: str | Path, *, columns: int | None = None, numbered: bool = True
+    image: np.ndarray,
+    path: str | Path,
+    *,
+    columns: int | None = None,
+    numbered: bool = True,
+    pixel_spacing_mm: tuple[float, float] | None = None,
+    long_side: int = PREVIEW_LONG_SIDE_PX,
 ) -> Path:
-    """All slices of `image` [slice, kx, ky] in a grid (row by row), numbered from 1."""
+    """All slices of `image` [slice, kx, ky] in a grid (row by row), numbered from 1; the cells
+    are enlarged as previews are, so that the sheet is at least `long_side` px on its long side.
+    """
     volume = _volume(image)
-    count, rows_px, columns_px = volume.shape
+    count = volume.shape[0]
     columns = columns or math.ceil(math.sqrt(count))
     if columns < 1:
         raise ValueError(f"columns must be >= 1, got {columns}")
     grid_rows = math.ceil(count / columns)
+    cell_side = math.ceil(long_side / max(grid_rows, columns))
+    factors = enlargement(volume.shape[1:], pixel_spacing_mm, cell_side)
+    rows_px, columns_px = volume.shape[1] * factors[0], volume.shape[2] * factors[1]
     sheet = Image.new(
         "L",
         (
@@ -123,10 +179,10 @@ def write_contact_sheet(
     for index, slice_ in enumerate(volume):
         left = (index % columns) * (columns_px + GAP_PX)
         top = (index // columns) * (rows_px + GAP_PX)
-        sheet.paste(Image.fromarray(to_uint8(slice_, window)), (left, top))
+        sheet.paste(_enlarged(to_uint8(slice_, window), factors), (left, top))
         if numbered:
             draw.text((left + 1, top), str(index + 1), fill=255, font=font)
-    return _save(sheet, Path(path))
+    return _save(sheet, Path(path), factors)
 
 
 def write_image_strip(
@@ -171,4 +227,4 @@ def write_image_strip(
         draw.text((left, GAP_PX), label, fill=255, font=font)
         strip.paste(tile, (left + (tile_width - tile.width) // 2, label_height))
         left += tile_width + GAP_PX
-    return _save(strip, Path(path))
+    return _save(strip, Path(path), (zoom, zoom))

@@ -193,7 +193,7 @@ def test_recon_logs_add_the_containers_cloudwatch_lines_after_the_records(cloud,
         (delivered.recon_job, stream, 1)
     }
     human = invoke("recon", "logs", delivered.upload_job)
-    assert f"{delivered.recon_job} [batch] #1 worker started" in human.stderr
+    assert f"{delivered.recon_job} [batch] #1 worker started" in human.output
 
 
 @pytest.mark.slow
@@ -211,7 +211,7 @@ def test_recon_commands_on_aws_answer_as_on_local(cloud, delivered, tmp_path):
     waiting = record(cloud, job["job_id"])["waiting_reason"]
     assert f"AWS Batch job {first_batch_job} ended SUCCEEDED" in waiting
     human = invoke("recon", "status", job["job_id"])
-    assert f"{job['job_id']} waiting: AWS Batch job" in human.stderr
+    assert f"{job['job_id']} waiting: AWS Batch job" in human.output
     # A queued job Batch will not run is submitted again by retry (on local: exit 6).
     resubmitted = cloud.cli("recon", "retry", job["job_id"])
     assert resubmitted.exit_code == 0, resubmitted.stderr

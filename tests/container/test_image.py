@@ -338,7 +338,7 @@ def test_build_dry_run_prints_the_docker_commands():
 def test_build_one_target_with_a_tag_in_words():
     outcome = invoke("image", "build", "--target", "gpu", "--tag", "1.0.0-rc1", "--dry-run")
     assert outcome.exit_code == 0, outcome.stderr
-    (line,) = outcome.stderr.strip().splitlines()
+    (line,) = outcome.stdout.strip().splitlines()  # the dry run's result: the command
     assert line.startswith("docker build --platform linux/amd64 --target gpu ")
     assert line.endswith(" -t mrictl:1.0.0-rc1-gpu .")
 

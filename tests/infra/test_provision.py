@@ -148,7 +148,7 @@ def test_dry_run_on_a_fresh_account_plans_every_stack_as_create_and_changes_noth
     assert not [b for b in buckets if b["Name"].startswith("mrictl-dry-")]
     assert not (account.config_home / "mrictl" / "aws" / "mrictl-dry.json").exists()
     human = account.cli("provision", "--dry-run", prefix="mrictl-dry")
-    assert "network  create" in human.stderr and "dry run: nothing changed" in human.stderr
+    assert "network  create" in human.output and "dry run: nothing changed" in human.output
 
 
 def test_provision_off_a_tty_without_yes_is_refused(account):
@@ -304,7 +304,7 @@ def test_a_second_run_changes_nothing_and_says_so(account, provisioned, monkeypa
         assert account.stack(f"{PREFIX}-{stack}")["StackStatus"] == "CREATE_COMPLETE"
     human = account.cli("provision")  # no --yes needed when there is nothing to do
     assert human.exit_code == 0
-    assert "no changes: the 4 stacks are up to date" in human.stderr
+    assert "no changes: the 4 stacks are up to date" in human.output
 
 
 def on_a_tty(monkeypatch) -> None:
@@ -328,7 +328,7 @@ def answered(account: Account, answers: str, *args: str, prefix: str = PREFIX) -
 
     where = ("--endpoint-url", account.endpoint, "--region", REGION, "--stack-prefix", prefix)
     result = CliRunner().invoke(app, [*args, *where], input=answers, env={"NO_COLOR": "1"})
-    return Outcome(result.exit_code, result.stdout, result.stderr)
+    return Outcome(result.exit_code, result.stdout, result.stderr, result.output)
 
 
 def test_on_a_tty_provision_asks_and_deleting_data_asks_again(account, provisioned, monkeypatch):
@@ -364,8 +364,8 @@ def test_a_replacement_of_a_data_resource_is_shown_loudly(account, provisioned, 
     monkeypatch.setattr(service, "_change_set", lambda *args, **kwargs: (replaced,))
     outcome = account.cli("provision", "--archive-days", "60", "--dry-run")
     assert outcome.exit_code == 0, outcome.stderr
-    assert "storage  update; parameters: ArchiveDays" in outcome.stderr
-    assert "WARNING: storage: replace RawBucket (AWS::S3::Bucket)  <- HOLDS DATA" in outcome.stderr
+    assert "storage  update; parameters: ArchiveDays" in outcome.output
+    assert "WARNING: storage: replace RawBucket (AWS::S3::Bucket)  <- HOLDS DATA" in outcome.output
     document = account.cli("provision", "--archive-days", "60", "--dry-run", "--json").json()
     [storage] = [s for s in document["plan"] if s["stack"] == "storage"]
     assert storage["changes"][0]["loses_data"] is True

@@ -273,7 +273,7 @@ def test_validate_names_each_finding_in_a_mutated_copy(tmp_path):
     assert ("mrictl", "PreprocessQueue", "queue-dead-letter") in found
     assert ("checkov", "DataKey", "CKV_AWS_7") in found  # key rotation
     assert ("cfn-lint", "PreprocessQueue", "E3002") in found  # RP is no property
-    lines = invoke("infra", "validate", "--templates", str(tmp_path)).stderr.splitlines()
+    lines = invoke("infra", "validate", "--templates", str(tmp_path)).stdout.splitlines()
     assert "storage.yaml: PreprocessQueue: no RedrivePolicy" in "\n".join(lines)
     assert lines[-1].endswith("findings in 1 templates")
 

@@ -18,6 +18,7 @@ class Outcome:
     exit_code: int
     stdout: str
     stderr: str
+    output: str  # both streams: what a person at the terminal reads (human text: assert here)
 
     def json(self):
         return json.loads(self.stdout)
@@ -26,7 +27,7 @@ class Outcome:
 def invoke(*args: str) -> Outcome:
     """`mrictl ARGS` in this process, with stdout and stderr kept apart."""
     result = CliRunner().invoke(app, list(args), env={"COLUMNS": "120", "NO_COLOR": "1"})
-    return Outcome(result.exit_code, result.stdout, result.stderr)
+    return Outcome(result.exit_code, result.stdout, result.stderr, result.output)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> Outcome:
@@ -40,4 +41,5 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
-    return Outcome(completed.returncode, completed.stdout, completed.stderr)
+    combined = completed.stdout + completed.stderr
+    return Outcome(completed.returncode, completed.stdout, completed.stderr, combined)

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raki.io.png import robust_window, write_contact_sheet, write_image_strip, write_previews
+from raki.io.png import (
+    enlargement,
+    robust_window,
+    to_uint8,
+    write_contact_sheet,
+    write_image_strip,
+    write_previews,
+)
 
 SLICES, READOUT, PHASE = 3, 32, 24
 
@@ -28,8 +35,15 @@ def read(path: Path) -> Image.Image:
         return picture
 
 
+def shrunk(levels: np.ndarray, factors: tuple[int, int]) -> np.ndarray:
+    """The mean of each factors-sized block: an enlarged preview back at the matrix size."""
+    rows, columns = levels.shape[0] // factors[0], levels.shape[1] // factors[1]
+    blocks = levels.reshape(rows, factors[0], columns, factors[1]).astype(np.float64)
+    return blocks.mean(axis=(1, 3))
+
+
 def test_one_8bit_png_per_slice_with_readout_down_the_rows(tmp_path: Path) -> None:
-    paths = write_previews(make_image(), tmp_path / "previews")
+    paths = write_previews(make_image(), tmp_path / "previews", long_side=READOUT)
     assert [p.name for p in paths] == ["slice_000.png", "slice_001.png", "slice_002.png"]
     for path in paths:
         picture = read(path)
@@ -53,7 +67,9 @@ def test_preview_names_can_be_chosen(tmp_path: Path) -> None:
 
 
 def test_contact_sheet_holds_every_slice_in_a_grid(tmp_path: Path) -> None:
-    path = write_contact_sheet(make_image(), tmp_path / "sheet.png", columns=2, numbered=False)
+    path = write_contact_sheet(
+        make_image(), tmp_path / "sheet.png", columns=2, numbered=False, long_side=2 * READOUT
+    )  # at the matrix size: one pixel per image pixel
     picture = read(path)
     assert picture.mode == "L"
     gap = 4
@@ -67,7 +83,8 @@ def test_contact_sheet_holds_every_slice_in_a_grid(tmp_path: Path) -> None:
 
 
 def test_contact_sheet_default_is_nearly_square(tmp_path: Path) -> None:
-    picture = read(write_contact_sheet(np.ones((5, 8, 8), np.float32), tmp_path / "s.png"))
+    sheet = write_contact_sheet(np.ones((5, 8, 8), np.float32), tmp_path / "s.png", long_side=24)
+    picture = read(sheet)
     assert picture.size == (3 * 8 + 2 * 4, 2 * 8 + 4)
 
 
@@ -117,3 +134,47 @@ def test_bad_inputs_are_refused(tmp_path: Path) -> None:
 def test_a_constant_image_is_not_a_division_by_zero(tmp_path: Path) -> None:
     (path,) = write_previews(np.zeros((1, 8, 8), np.float32), tmp_path)
     assert np.asarray(read(path)).max() == 0
+
+
+def test_a_small_matrix_is_enlarged_to_512_px_by_repeating_each_pixel(tmp_path: Path) -> None:
+    image = make_image()
+    (path, *_) = write_previews(image, tmp_path)
+    picture = read(path)
+    factor = 512 // READOUT  # 16: the long side (readout, 32) becomes 512
+    assert picture.size == (PHASE * factor, READOUT * factor)
+    levels = np.asarray(picture)
+    expected = to_uint8(image[0], robust_window(image))
+    # Each block is one image pixel repeated: averaging it gives the image back, exactly.
+    assert np.array_equal(shrunk(levels, (factor, factor)), expected)
+    assert np.array_equal(levels[::factor, ::factor], expected)
+    assert "not for diagnosis" in picture.info["Description"]
+    assert "16x16" in picture.info["Description"]
+
+
+def test_the_pixels_keep_their_physical_shape_where_the_spacing_is_known(tmp_path: Path) -> None:
+    image = make_image()
+    # 0.5 mm rows, 1 mm columns: a column pixel is twice as wide as a row pixel is tall.
+    factors = enlargement((READOUT, PHASE), (0.5, 1.0))
+    assert factors[1] == 2 * factors[0]
+    assert max(READOUT * factors[0], PHASE * factors[1]) >= 512
+    (path, *_) = write_previews(image, tmp_path, pixel_spacing_mm=(0.5, 1.0))
+    picture = read(path)
+    assert picture.size == (PHASE * factors[1], READOUT * factors[0])
+    expected = to_uint8(image[0], robust_window(image))
+    assert np.array_equal(shrunk(np.asarray(picture), factors), expected)
+    # A large matrix is left as it is; a spacing that says nothing usable counts as square.
+    assert enlargement((640, 320)) == (1, 1)
+    assert enlargement((320, 320)) == (2, 2)
+    assert enlargement((64, 64), (0.0, float("nan"))) == (8, 8)
+
+
+def test_the_contact_sheet_is_enlarged_as_a_whole(tmp_path: Path) -> None:
+    image = make_image()
+    picture = read(write_contact_sheet(image, tmp_path / "sheet.png", numbered=False))
+    # 3 slices in a 2 x 2 grid: cells of at least 256 px on the long side, 4 px apart.
+    factor = 256 // READOUT
+    assert picture.size == (2 * PHASE * factor + 4, 2 * READOUT * factor + 4)
+    first = np.asarray(picture)[: READOUT * factor, : PHASE * factor]
+    expected = to_uint8(image[0], robust_window(image))
+    assert np.array_equal(shrunk(first, (factor, factor)), expected)
+    assert "not for diagnosis" in picture.info["Description"]
