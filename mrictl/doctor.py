@@ -14,7 +14,6 @@ import importlib.metadata
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -27,6 +26,7 @@ from mrictl import __version__
 from mrictl.backends import AwsClients
 from mrictl.config import AwsSettings, Settings, config_path, load_settings, outputs_path
 from mrictl.errors import MrictlError
+from mrictl.revision import git_revision
 
 if TYPE_CHECKING:
     from mrictl.backends.aws.resources import AwsResources
@@ -37,7 +37,6 @@ GIB = 1024**3
 DEFAULT_MIN_FREE_GB = 10.0  # a raw multi-coil scan, its preprocessed copy and results: a few GB
 DEFAULT_TIMEOUT_S = 3.0  # per network call: a dead endpoint must fail fast
 QUICK_RETRY_ATTEMPTS = 2  # botocore's total attempts (one retry), against 8 for real work
-GIT_TIMEOUT_S = 2.0
 # What the product needs at run time, and what it uses only for some features.
 REQUIRED_PACKAGES = ("torch", "numpy", "scipy", "h5py", "pydicom", "boto3")
 OPTIONAL_PACKAGES = ("pynetdicom",)
@@ -118,30 +117,10 @@ def run_checks(steps: Iterable[tuple[str, Callable[[], Check | list[Check]]]]) -
 # --- versions -------------------------------------------------------------------------------
 
 
-def git_revision(source: Path | None = None) -> str | None:
-    """The short commit of the checkout mrictl runs from, where it runs from one (an editable
-    install); None for an installed wheel or without git."""
-    folder = source or Path(__file__).resolve().parent.parent
-    if not (folder / ".git").exists() or shutil.which("git") is None:
-        return None
-    try:
-        completed = subprocess.run(
-            ["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=GIT_TIMEOUT_S,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    revision = completed.stdout.strip()
-    return revision if completed.returncode == 0 and revision else None
-
-
 def check_versions() -> list[Check]:
     """mrictl (and its git revision), Python, and the packages it needs, read from their
     metadata so that nothing heavy is imported."""
-    revision = git_revision()
+    revision = git_revision()  # the checkout's HEAD, or what the wheel's build recorded
     mrictl = __version__ + (f" (git {revision})" if revision else "")
     python = f"{platform.python_version()} ({sys.executable})"
     found, missing = [], []

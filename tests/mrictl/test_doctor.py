@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from mrictl import doctor
+from mrictl import __version__, doctor
 from mrictl.errors import ExitCode
+from mrictl.revision import git_revision
 from tests.mrictl.cli_helpers import invoke
 from tests.mrictl.test_startup import run_probed
 from tests.servers import REGION, free_port, moto_server, reset_moto
@@ -48,6 +49,9 @@ def test_a_sound_local_setup_passes_and_leaves_nothing_behind(isolated_home):
     assert "MRICTL_HOME" in found["config"]["detail"]  # the variable is named
     assert not isolated_home.exists()  # made for the test and removed again
     assert "torch" not in found
+    revision = git_revision()
+    if revision:  # a checkout, or a wheel whose build recorded it
+        assert found["mrictl"]["detail"] == f"{__version__} (git {revision})"
 
 
 def test_every_line_says_ok_warn_or_fail_then_the_check(isolated_home):
