@@ -15,6 +15,7 @@ is to store) is put here; the rest is the product's own path.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,6 +263,26 @@ def test_cancel_stops_the_array_job_and_its_assembler(cloud, volume):
     # A child that starts anyway finds the job cancelled and does nothing.
     assert run_children(cloud, array_id, [0]) == ["cancelled"]
     assert the_backend().store.list(keys.shards_prefix(job_id)) == []
+
+
+def test_recon_logs_show_each_childs_cloudwatch_lines_before_the_assemblers(cloud, volume):
+    job_id = submit_split(cloud, volume)
+    array_id, assembler_id = batch_ids(cloud, job_id)
+    logs = cloud.client("logs")
+    group = cloud.outputs["ReconLogGroupName"]
+    # moto's Batch runs no container and so writes no log: write the streams the jobs name.
+    for batch_job_id, line in ((f"{array_id}:1", "child 1 says"), (assembler_id, "assembling")):
+        stream = cloud.batch_job(batch_job_id)["container"]["logStreamName"]
+        logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        logs.put_log_events(
+            logGroupName=group,
+            logStreamName=stream,
+            logEvents=[{"timestamp": int(time.time() * 1000), "message": line}],
+        )
+    shown = cloud.cli("recon", "logs", job_id)
+    assert shown.exit_code == 0, shown.output
+    lines = [entry["message"] for entry in shown.json()["logs"] if entry["source"] == "batch"]
+    assert lines == ["child 1 says", "assembling"]
 
 
 # How far a running array is: Batch's own summary (the Stubber, as DescribeJobs answers) -------

@@ -776,7 +776,15 @@ class AwsJobQueue:
         if self.batch is None or job.batch_job_id is None:
             return []
         try:
-            return self.batch.log_entries(job.job_id, job.stage, job.batch_job_id)
+            entries = []
+            plan = keys.ShardPlan.from_payload(job.payload)
+            if plan is not None:  # the array children's lines first, child by child
+                item = self._item(job.job_id, ("job_id", "state", ARRAY_FIELD))
+                array_id = (item or {}).get(ARRAY_FIELD)
+                for index in range(plan.count if array_id else 0):
+                    child = f"{array_id}:{index}"  # how Batch names an array job's children
+                    entries += self.batch.log_entries(job.job_id, job.stage, child)
+            return entries + self.batch.log_entries(job.job_id, job.stage, job.batch_job_id)
         except BackendError as error:
             message = f"the container logs could not be read: {error}"
             return [LogEntry(job.job_id, self.clock(), job.attempts, job.batch_job_id, message)]
