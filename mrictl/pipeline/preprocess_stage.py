@@ -106,7 +106,9 @@ def run_preprocess(context: StageContext) -> dict[str, Any]:
         context.log(f"unpacked {len(manifest.files)} file(s); checksums and formats verified")
         canonical = context.work_dir / "canonical.h5"
         summary = convert(manifest, context.work_dir / "unpacked", canonical)
-        context.publish(canonical, output_key, metadata={"scan-id": scan_id, "format": "fastmri"})
+        context.publish(
+            canonical, output_key, metadata=keys.preprocessed_metadata(scan_id, summary["slices"])
+        )
         context.log(f"wrote {output_key}")
     next_job_id = context.enqueue_next(
         next_stage,
