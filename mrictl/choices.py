@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mrictl.errors import ExitCode, MrictlError
 from raki.device_names import DEVICES, is_device_name
-from raki.method_names import METHODS
+from raki.method_names import CS_REGULARIZERS, METHODS
 
 
 def check_method_and_device(
@@ -25,3 +25,14 @@ def check_method_and_device(
             f"unknown device {device!r}; choose one of {', '.join(DEVICES)} (or cuda:N)",
             ExitCode.USAGE,
         )
+
+
+def check_cs_settings(regularizer: str | None, weight: float | None) -> None:
+    """A usage error for a regulariser that does not exist or a negative weight."""
+    if regularizer is not None and regularizer not in CS_REGULARIZERS:
+        raise MrictlError(
+            f"unknown cs regularizer {regularizer!r}; choose one of {', '.join(CS_REGULARIZERS)}",
+            ExitCode.USAGE,
+        )
+    if weight is not None and not weight >= 0:
+        raise MrictlError(f"--cs-weight must be >= 0, got {weight}", ExitCode.USAGE)

@@ -11,6 +11,13 @@ The file is $MRICTL_CONFIG or $XDG_CONFIG_HOME/mrictl/config.toml:
     profile = "hospital-it"
     stack_prefix = "mrictl-prod"
     endpoint_url = "http://127.0.0.1:5000"   # a test server; never set in production
+    [pacs]                        # the DICOM node of `fetch --pacs` and `watch --pacs`
+    host = "pacs.hospital.example"
+    port = 104
+    called_aet = "PACS"           # its AE title
+    calling_aet = "MRICTL"        # ours, as the PACS knows us (the default)
+    retries = 3                   # tries more for refused or unsent instances (the default)
+    backoff_seconds = 2.0         # before the first of them, doubled each time (the default)
 
 Flags and environment reach us together through typer's `envvar=`, or as `overrides` here (both
 outrank the file). Nothing here writes files or creates clients (mrictl.backends does).
@@ -40,6 +47,12 @@ SECTION_ENVIRONMENT = {
     ("aws", "profile"): "MRICTL_AWS_PROFILE",
     ("aws", "stack_prefix"): "MRICTL_AWS_STACK_PREFIX",
     ("aws", "endpoint_url"): "MRICTL_AWS_ENDPOINT_URL",
+    ("pacs", "host"): "MRICTL_PACS_HOST",
+    ("pacs", "port"): "MRICTL_PACS_PORT",
+    ("pacs", "called_aet"): "MRICTL_PACS_CALLED_AET",
+    ("pacs", "calling_aet"): "MRICTL_PACS_CALLING_AET",
+    ("pacs", "retries"): "MRICTL_PACS_RETRIES",
+    ("pacs", "backoff_seconds"): "MRICTL_PACS_BACKOFF_SECONDS",
 }
 
 
@@ -66,9 +79,49 @@ class AwsSettings:
 
 
 @dataclass(frozen=True)
+class PacsSettings:
+    """The DICOM node (a PACS) that `fetch --pacs` and `watch --pacs` deliver to
+    (mrictl.pacs.node_from_settings makes the node, flags over these)."""
+
+    host: str | None = None
+    port: int | None = None
+    called_aet: str | None = None  # the PACS's AE title
+    calling_aet: str = "MRICTL"  # ours, as the PACS knows us
+    retries: int = 3  # tries more for the instances refused or not sent
+    backoff_seconds: float = 2.0  # before the first of them, doubled each time
+
+    def __post_init__(self) -> None:
+        # The file gives numbers, the environment text: both end as numbers, or a usage error.
+        for name in ("host", "called_aet", "calling_aet"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise MrictlError(f"pacs.{name} must be a string", ExitCode.USAGE)
+        for name, kind, least, most in (
+            ("port", int, 1, 65535),
+            ("retries", int, 0, 100),
+            ("backoff_seconds", float, 0, 3600),
+        ):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                number = kind(str(value).strip())
+            except ValueError:
+                number = None
+            if number is None or not least <= number <= most:
+                raise MrictlError(
+                    f"pacs.{name} must be a number {least}-{most}, not {str(value)!r}",
+                    ExitCode.USAGE,
+                )
+            object.__setattr__(self, name, number)
+
+
+@dataclass(frozen=True)
 class Settings:
     local: LocalSettings
     aws: AwsSettings = field(default_factory=AwsSettings)
+    pacs: PacsSettings = field(default_factory=PacsSettings)
     backend: str = "local"
     method: str | None = None  # None: the library's DEFAULT_METHOD
     device: str = "auto"
@@ -82,7 +135,7 @@ class Settings:
 
 
 TOP_LEVEL = ("backend", "method", "device", "lease_seconds", "max_attempts")
-SECTIONS = {"local": LocalSettings, "aws": AwsSettings}
+SECTIONS = {"local": LocalSettings, "aws": AwsSettings, "pacs": PacsSettings}
 SAVED_BY_COMMANDS = {"aws": {"outputs"}}  # fields filled from files that commands write
 _SAFE_PREFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")  # a file name, never a path
 
@@ -173,7 +226,7 @@ def _checked(values: dict[str, Any], source: str) -> dict[str, Any]:
             problems.append(f"{key} must be a string")
     for section in SECTIONS:
         for key, value in values.get(section, {}).items():
-            if not isinstance(value, str):
+            if not isinstance(value, str) and section != "pacs":  # PacsSettings checks its own
                 name = "home" if (section, key) == ("local", "home") else f"{section}.{key}"
                 problems.append(f"{name} must be a string")
     for key, kind, least in (("lease_seconds", float, 1.0), ("max_attempts", int, 1)):
@@ -221,7 +274,10 @@ def load_settings(
             raise
         sections["aws"]["outputs"] = {}  # a damaged cloud file must not stop local work
     settings = Settings(
-        local=LocalSettings(**sections["local"]), aws=AwsSettings(**sections["aws"]), **values
+        local=LocalSettings(**sections["local"]),
+        aws=AwsSettings(**sections["aws"]),
+        pacs=PacsSettings(**sections["pacs"]),
+        **values,
     )
     if settings.backend not in BACKENDS:
         raise MrictlError(

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     CONFLICT = 6  # the request does not fit the current state (e.g. cancel a finished job)
     BACKEND = 7  # the backend (store, queue, cloud) is unreachable or misconfigured
     TIMEOUT = 8  # --wait / watch gave up before the job finished
+    DELIVERY = 9  # the DICOM node (PACS) did not answer, or did not accept every instance
     CHECK_FAILED = 10  # `mrictl doctor` found a failing check (each is a line with a hint)
     INTERRUPTED = 130  # Ctrl-C
 

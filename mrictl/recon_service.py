@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mrictl.choices import check_method_and_device
+from mrictl.choices import check_cs_settings, check_method_and_device
 from mrictl.errors import ExitCode, MrictlError
 from raki.device import resolve_device
 from raki.errors import InvalidScanError
@@ -47,10 +47,21 @@ class ReconOptions:
     # TrainingConfig fields to change (`training_config`); "faithful": True starts from
     # the paper's configuration.
     training: dict[str, Any] = field(default_factory=dict)
+    # How "cs" runs, alone or chosen by "auto": "l1-wavelet" or "tikhonov"; its weight on the
+    # k-space's scale (None: chosen per slice from the ACS noise level).
+    cs_regularizer: str | None = None
+    cs_weight: float | None = None
 
     def __post_init__(self) -> None:
         check_method_and_device(self.method, self.device)
+        check_cs_settings(self.cs_regularizer, self.cs_weight)
         resolve_device(self.device)  # "cuda" without a GPU is refused for every method
+        cs_given = self.cs_regularizer is not None or self.cs_weight is not None
+        if cs_given and (self.method not in (None, "cs", "auto") or self.weights is not None):
+            raise MrictlError(
+                "--cs-regularizer and --cs-weight apply to cs and auto only; leave them out",
+                ExitCode.USAGE,
+            )
         if self.weights is not None and (self.iterations is not None or self.training):
             raise MrictlError(
                 "--weights applies saved networks: training flags (--iterations, "
@@ -60,6 +71,14 @@ class ReconOptions:
 
     def training_config(self) -> TrainingConfig:
         return training_config(self.training)
+
+    def method_settings(self) -> dict[str, Any]:
+        """`raki.methods.reconstruct`'s keyword arguments for cs (the library's defaults when
+        not given)."""
+        settings: dict[str, Any] = {"cs_weight": self.cs_weight}
+        if self.cs_regularizer is not None:
+            settings["regularizer"] = self.cs_regularizer
+        return settings
 
 
 def training_config(overrides: dict[str, Any]) -> TrainingConfig:
@@ -94,7 +113,15 @@ class Reconstruction:
     fallback: str | None = None
 
     def attrs(self) -> dict[str, Any]:
-        """What the output file and job record say about how the image was made."""
+        """What the output file and job record say about how the image was made.
+
+        `selection` is what "auto" chose and why (`raki.selection.MethodSelection.as_dict`);
+        `cs` how cs ran when it made the image (regulariser, weight rule, weights per slice).
+        """
+        details = self.result.details
+        cs = None
+        if self.result.method == "cs":
+            cs = {key: details.get(key) for key in ("regularizer", "weight_rule", "weights")}
         return {
             "method": self.result.method,
             "acceleration": self.scan.acceleration,
@@ -105,6 +132,8 @@ class Reconstruction:
             "metrics": self.metrics,
             "comparison": self.comparison or None,
             "fallback": self.fallback,
+            "selection": self.result.selection,
+            "cs": cs,
         }
 
 
@@ -195,6 +224,7 @@ def run_reconstruction(
         iterations=options.iterations,
         progress=progress,
         config=options.training_config(),
+        **options.method_settings(),
         **extra,
     )
     result.timings.setdefault("total_s", time.perf_counter() - start)
@@ -216,6 +246,7 @@ def compare_with(done: Reconstruction, method: str, options: ReconOptions) -> No
         device=options.device,
         iterations=options.iterations,
         config=options.training_config(),
+        **options.method_settings(),
     )
     seconds = time.perf_counter() - start
     done.comparison[method] = {**evaluate(done.reference, other.image), "time_s": seconds}

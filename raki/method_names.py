@@ -6,8 +6,10 @@ themselves are in `raki.methods`, which re-exports these names.
 
 from __future__ import annotations
 
-METHODS = ("raki", "rraki", "grappa", "cs", "zerofill")
-DEFAULT_METHOD = "rraki"
+METHODS = ("auto", "raki", "rraki", "grappa", "cs", "zerofill")
+DEFAULT_METHOD = "auto"
+# What "auto" chooses among, per scan, by held-out ACS lines (`raki.selection`).
+AUTO_CANDIDATES = ("cs", "grappa")
 # The methods whose networks are trained on the ACS (`raki.train`).
 NEURAL_METHODS = ("raki", "rraki")
 # The regularisers of "cs" (`raki.sense`): L1-wavelet compressed sensing, Tikhonov CG-SENSE.

@@ -4,7 +4,7 @@ The one entry point every caller (CLI, workers, benchmarks) uses. Methods:
 
 - "raki": RAKI as published (Akcakaya et al., MRM 2019), one CNN per coil and real/imaginary
   part, trained on the ACS (`raki.model`, `raki.train`).
-- "rraki" (the default): residual RAKI (Zhang et al., NeuroImage 2022), a linear kernel plus
+- "rraki": residual RAKI (Zhang et al., NeuroImage 2022), a linear kernel plus
   the CNN on its residual, whose prediction is averaged with our GRAPPA's (`grappa_share`
   0.5). The two err differently: on noisy data RAKI-type networks amplify noise less into the
   RSS image's structure but overshoot its noise floor, regularised GRAPPA shrinks towards zero;
@@ -15,6 +15,9 @@ The one entry point every caller (CLI, workers, benchmarks) uses. Methods:
   `raki.linear_branch.linear_rate_scale`). Choosing the share by held-out ACS error was
   tried and rejected: the ACS is the high-signal centre, so its held-out error misses the
   noise that decides the image on noisy data (it picked share ~1 where 0.5 is best).
+- "auto" (the default): per scan, cs or GRAPPA, whichever predicts held-out ACS lines better
+  on the central slice (`raki.selection`); the choice, each candidate's held-out error and
+  the time it took are in `ReconResult.selection`.
 - "grappa": `raki.grappa`; "zerofill": the floor.
 - "cs": regularised SENSE with ESPIRiT maps (`raki.espirit`, `raki.sense`): L1-wavelet
   compressed sensing by default, Tikhonov CG-SENSE on request, the weight chosen per slice
@@ -66,6 +69,7 @@ from raki.oversampling import restore_readout
 from raki.power_ceiling import limit_line_power
 from raki.sampling import minimum_acs_lines
 from raki.scan import Scan
+from raki.selection import CsSettings, select_method
 from raki.sense import DEFAULT_REGULARIZER, reconstruct_sense
 from raki.train import TrainingConfig, check_trainable, train_scan
 from raki.weights import RakiWeights
@@ -96,6 +100,8 @@ class ReconResult:
     method: str
     timings: dict[str, float] = field(default_factory=dict)
     details: dict[str, object] = field(default_factory=dict)
+    # With "auto": the method chosen, each candidate's held-out error, the rule, the seconds.
+    selection: dict[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,10 @@ def default_method_for(scan: Scan) -> MethodChoice:
     kernel needs R + 1 ACS lines and takes any gaps (a kernel per source pattern). So fastMRI's
     R = 8 masks with a 4% ACS (14 of 368 lines), and its masks whose rounded spacing makes the
     gaps vary by a line, get GRAPPA. A scan that neither can reconstruct keeps the default,
-    whose error then says what is wrong.
+    whose error then says what is wrong. "auto" makes its own fallbacks (`raki.selection`).
     """
+    if DEFAULT_METHOD not in NEURAL_METHODS:
+        return MethodChoice(DEFAULT_METHOD)
     try:
         check_trainable(scan)
     except InvalidScanError as error:
@@ -255,17 +263,40 @@ def reconstruct(
     weights: RakiWeights | GrappaKernel | None = None,
     config: TrainingConfig | None = None,
     regularizer: str = DEFAULT_REGULARIZER,
+    cs_weight: float | None = None,
 ) -> ReconResult:
     """Reconstruct `scan` with `method`; acquired and ACS lines are kept as measured.
 
     For "raki" and "rraki", `weights` from `train_scan` (or `RakiWeights.load`) are applied
     instead of training, after checking that they fit; for "grappa" a saved GRAPPA kernel may be
-    passed the same way. For "cs", `regularizer` is "l1-wavelet" or "tikhonov" and
-    `iterations` caps the solver's.
+    passed the same way. For "cs", `regularizer` is "l1-wavelet" or "tikhonov", `cs_weight`
+    (None: automatic) its weight on the k-space's scale and `iterations` caps the solver's;
+    "auto" passes them on to cs, in its test as in the reconstruction.
     """
     if method not in METHODS:
         raise InvalidScanError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     start = time.perf_counter()
+    if method == "auto":
+        if weights is not None:
+            raise InvalidScanError(
+                "method 'auto' chooses per scan: saved weights need the method they are for"
+            )
+        cs = CsSettings(regularizer, cs_weight, iterations)
+        selection = select_method(scan, cs=cs, device=resolve_device(device))
+        result = reconstruct(
+            scan,
+            selection.method,
+            device=device,
+            iterations=iterations,
+            progress=progress,
+            config=config,
+            regularizer=regularizer,
+            cs_weight=cs_weight,
+        )
+        result.selection = selection.as_dict()
+        result.timings["select_s"] = selection.seconds
+        result.timings["total_s"] = time.perf_counter() - start
+        return result
     timings: dict[str, float] = {}
     details: dict[str, object] = {}
     if method in NEURAL_METHODS:
@@ -303,7 +334,9 @@ def reconstruct(
         if weights is not None:
             raise InvalidScanError("method 'cs' calibrates its own coil maps: it takes no weights")
         torch_device = resolve_device(device)
-        sense = reconstruct_sense(scan, regularizer, device=torch_device, iterations=iterations)
+        sense = reconstruct_sense(
+            scan, regularizer, weight=cs_weight, device=torch_device, iterations=iterations
+        )
         kspace = sense.kspace
         timings["maps_s"] = sense.maps_seconds
         timings["solve_s"] = sense.solve_seconds

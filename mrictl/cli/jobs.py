@@ -21,6 +21,13 @@ from mrictl.cli.common import (
     open_configured_backend,
     report_submitted,
 )
+from mrictl.cli.pacs_options import (
+    AetOption,
+    CalledAetOption,
+    PacsFlag,
+    ToPacsOption,
+    requested_node,
+)
 from mrictl.cli.recon import AccelOption, AcsOption, IterationsOption, MethodOption
 from mrictl.cli.recon import app as recon_app
 from mrictl.config import load_settings
@@ -266,25 +273,63 @@ def retry(
 
 def fetch(
     job: Annotated[str, typer.Argument(help="Job id (as `recon submit` printed it).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to copy the outputs into.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder to copy the outputs into (or/and a PACS)."),
+    ] = None,
     formats: Annotated[
         str | None,
         typer.Option("--format", help="Comma list: h5,dicom,nifti,png,report,json (default all)."),
     ] = None,
+    to_pacs: ToPacsOption = None,
+    pacs: PacsFlag = False,
+    aet: AetOption = None,
+    called_aet: CalledAetOption = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
     home: HomeOption = None,
     backend: BackendOption = None,
     json: JsonFlag = False,
 ) -> None:
-    """Copy a finished job's outputs (checksums verified) into a folder."""
+    """Copy a finished job's outputs (checksums verified) into a folder, and/or send its DICOM
+    series to a PACS (C-ECHO, then C-STORE; exit 9 unless the PACS accepted every instance)."""
     from mrictl.pipeline import jobs
 
     check_timeout_needs_wait(wait, timeout)
+    node = requested_node(to_pacs, pacs, aet, called_aet)
+    if out is None and node is None:
+        raise MrictlError("give --out FOLDER, --to-pacs HOST:PORT or --pacs", ExitCode.USAGE)
     store = open_configured_backend(home, backend)
     if wait:
         jobs.wait(store, job, timeout)
     selected = [name.strip() for name in formats.split(",") if name.strip()] if formats else None
-    written = jobs.fetch(store, job, out, selected)
-    document = {"job_id": job, "out": str(out), "files": [str(path) for path in written]}
-    Output(json).result(document, f"fetched {len(written)} file(s) into {out}")
+    written = jobs.fetch(store, job, out, selected) if out is not None else []
+    document = {
+        "job_id": job,
+        "out": None if out is None else str(out),
+        "files": [str(path) for path in written],
+    }
+    fetched = f"fetched {len(written)} file(s) into {out}" if out is not None else ""
+    output = Output(json)
+    if node is None:
+        output.result(document, fetched)
+        return
+    from mrictl.pipeline.delivery import deliver_job
+
+    with_series = out is not None and (not selected or "dicom" in selected)
+    settings = load_settings(home=home, backend=backend)
+    report = deliver_job(
+        store,
+        job,
+        node,
+        home=settings.home,
+        fetched=written if with_series else None,
+        retries=settings.pacs.retries,
+        backoff_s=settings.pacs.backoff_seconds,
+    )
+    document["pacs"] = report.to_document()
+    counts = ", ".join(f"{n} {name}" for name, n in report.counts.items() if n)
+    output.result(document, "; ".join(filter(None, [fetched, f"PACS {node}: {counts}"])))
+    if not report.complete:
+        output.info(f"error: PACS {node} did not accept {report.missing} instance(s)")
+        raise typer.Exit(int(ExitCode.DELIVERY))

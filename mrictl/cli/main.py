@@ -15,6 +15,7 @@ from typer.exceptions import TyperException
 from mrictl import __version__
 from mrictl.cli import bench, demo, image, infra, jobs, provision, recon, scan, train, worker
 from mrictl.cli import completion, doctor
+from mrictl.cli import watch as watch_command
 from mrictl.cli.help_format import tidy_help
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.output import to_json
@@ -167,6 +168,7 @@ app.command("train")(train.train)
 app.command("bench")(bench.bench)
 app.command("upload")(jobs.upload)
 app.command("fetch")(jobs.fetch)
+app.command("watch")(watch_command.watch)
 app.command("demo")(demo.demo)
 app.add_typer(worker.app, name="worker")
 app.add_typer(infra.app, name="infra")

@@ -13,13 +13,35 @@ from mrictl.cli.common import DeviceOption, JsonFlag
 from mrictl.cli.paths import check_hdf5_output, check_output
 from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
-from raki.method_names import METHODS
+from raki.method_names import AUTO_CANDIDATES, CS_REGULARIZERS, DEFAULT_METHOD, METHODS
 
 app = typer.Typer(help="Reconstruct scans: locally now, or as queued jobs.", no_args_is_help=True)
 
 MethodOption = Annotated[
     str | None,
-    typer.Option("--method", envvar="MRICTL_METHOD", help=f"{', '.join(METHODS)}."),
+    typer.Option(
+        "--method",
+        envvar="MRICTL_METHOD",
+        help=f"{', '.join(METHODS)}. Default {DEFAULT_METHOD}: per scan, whichever of "
+        f"{' and '.join(AUTO_CANDIDATES)} best predicts ACS lines held out of the central "
+        "slice; the choice and each candidate's held-out error are in the output.",
+    ),
+]
+CsRegularizerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cs-regularizer",
+        help=f"cs (also when auto picks it): {' or '.join(CS_REGULARIZERS)} "
+        f"(default {CS_REGULARIZERS[0]}).",
+    ),
+]
+CsWeightOption = Annotated[
+    float | None,
+    typer.Option(
+        "--cs-weight",
+        help="cs: the regularisation weight on the k-space's scale (default: chosen per slice "
+        "from the ACS noise level).",
+    ),
 ]
 AccelOption = Annotated[
     int | None,
@@ -63,12 +85,13 @@ def run(
     weights: Annotated[
         Path | None, typer.Option("--weights", help="Apply networks saved by `mrictl train`.")
     ] = None,
+    cs_regularizer: CsRegularizerOption = None,
+    cs_weight: CsWeightOption = None,
     json: JsonFlag = False,
     training: dict[str, Any] | None = None,
 ) -> None:
     """Reconstruct one scan file now, on this machine."""
     from mrictl.recon_service import ReconOptions, reconstruct_file
-    from raki.methods import DEFAULT_METHOD
 
     check_output(out, (source, reference, weights))
     check_hdf5_output(out)
@@ -83,6 +106,8 @@ def run(
         iterations=iterations,
         weights=weights,
         training=training,
+        cs_regularizer=cs_regularizer,
+        cs_weight=cs_weight,
     )
     with output.progress(method or DEFAULT_METHOD, total=None) as update:
         document = reconstruct_file(
@@ -97,9 +122,15 @@ def run(
         output.info(f"note: {document['fallback']}")
 
     def render(console) -> None:
-        hidden = ("timings", "metrics", "fallback")
+        hidden = ("timings", "metrics", "fallback", "selection", "cs")
         rows = {k: v for k, v in document.items() if k not in hidden and v is not None}
         rows.update({f"time {k}": f"{v:.2f}" for k, v in document["timings"].items()})
+        if document.get("selection"):
+            from raki.selection import describe_selection
+
+            rows["method"] = describe_selection(document["selection"])
+        if document.get("cs"):
+            rows["cs"] = f"{document['cs']['regularizer']}, weight {document['cs']['weight_rule']}"
         for key, value in (document.get("metrics") or {}).items():
             rows[key] = f"{value:.4g}"
         console.print(key_value_table(rows, title=f"reconstructed {source.name}"))

@@ -153,6 +153,19 @@ def _scan_lines(scan: Mapping[str, object]) -> list[str]:
     return lines
 
 
+def _selection_lines(selection: object) -> list[str]:
+    """How "auto" chose the method: the candidates' held-out errors, the rule, its time."""
+    if not isinstance(selection, Mapping):
+        return []
+    from raki.selection import describe_selection
+
+    seconds = _cell(selection.get("seconds"), "{:.2f}")
+    return [
+        f"- Chosen by: {_escape(describe_selection(dict(selection)))}",
+        f"- Rule: {_escape(selection.get('rule'))}, {seconds} s",
+    ]
+
+
 def _markdown(
     report: Mapping[str, object],
     scan: Mapping[str, object],
@@ -164,6 +177,7 @@ def _markdown(
         "# mrictl reconstruction report",
         "",
         f"- Method: {_escape(METHOD_NAMES.get(method, method))}",
+        *_selection_lines(report.get("selection")),
         f"- Acceleration: R = {report['acceleration']}",
         f"- ACS lines: {report['acs_lines']}",
         *_scan_lines(scan),
@@ -237,12 +251,14 @@ def write_report(
     comparison: Mapping[str, Mapping[str, float]] | None,
     strip_png: str | Path | None,
     scan_summary: Mapping[str, object],
+    selection: Mapping[str, object] | None = None,
 ) -> tuple[Path, Path]:
     """Write report.json and report.md into `out_dir`; returns their paths.
 
     `scan_summary` is `Scan.summary()` (which holds no identifier; one that does is refused).
     `comparison` maps method names (zerofill, grappa, raki, ...) to their metrics and time_s
-    (or time); without it, `metrics` describes this run's method alone.
+    (or time); without it, `metrics` describes this run's method alone. `selection` is what
+    the default method "auto" chose and why (`raki.selection.MethodSelection.as_dict`).
     """
     _check_no_identifiers(scan_summary)
     out_dir = Path(out_dir)
@@ -260,6 +276,7 @@ def write_report(
         "comparison": _plain(rows) if comparison else None,
         "strip": _strip_in(out_dir, Path(strip_png)) if strip_png is not None else None,
         "scan": _plain(dict(scan_summary)),
+        "selection": _plain(dict(selection)) if selection is not None else None,
     }
     json_path, md_path = out_dir / JSON_NAME, out_dir / MARKDOWN_NAME
     _write_text(json_path, json.dumps(report, indent=2, allow_nan=False) + "\n")

@@ -10,7 +10,7 @@ from typing import Any
 
 from mrictl import keys
 from mrictl.backends.base import Backend
-from mrictl.choices import check_method_and_device
+from mrictl.choices import check_cs_settings, check_method_and_device
 from mrictl.errors import ExitCode, MrictlError
 from raki.method_names import DEFAULT_METHOD, METHODS, NEURAL_METHODS
 
@@ -23,6 +23,8 @@ RECON_OPTIONS: dict[str, type] = {
     "compare": list,  # methods scored beside the main one when a reference is known
     "training": dict,  # TrainingConfig fields to change (mrictl.recon_service.training_config)
     "weights_job": str,  # a train job whose stored weights the recon applies
+    "cs_regularizer": str,  # how cs runs, alone or chosen by auto (raki.sense)
+    "cs_weight": float,
 }
 # Options a train job accepts.
 TRAIN_OPTIONS = ("acceleration", "acs_lines", "device", "iterations", "training")
@@ -43,6 +45,8 @@ def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict
             raise MrictlError(
                 f"unknown option {name!r}; known: {', '.join(RECON_OPTIONS)}", ExitCode.USAGE
             )
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise MrictlError(f"option {name!r} must be a {kind.__name__}", ExitCode.USAGE)
         if kind is list:
@@ -61,11 +65,22 @@ def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict
             continue
         if name == "device":
             check_method_and_device(None, value)  # a typo fails now, not after a queue wait
+        if name == "cs_regularizer":
+            check_cs_settings(value, None)
+        if name == "cs_weight":
+            check_cs_settings(None, value)
         if name == "weights_job" and not keys.is_job_id(value):
             raise MrictlError(f"{value!r} is not a job id (job-...)", ExitCode.USAGE)
         if kind is int and value < (0 if name == "acs_lines" else 1):
             raise MrictlError(f"option {name!r} is out of range: {value}", ExitCode.USAGE)
         clean[name] = value
+    if {"cs_regularizer", "cs_weight"} & set(clean) and (
+        (method or DEFAULT_METHOD) not in ("cs", "auto") or "weights_job" in clean
+    ):
+        raise MrictlError(
+            "--cs-regularizer and --cs-weight apply to cs and auto only; leave them out",
+            ExitCode.USAGE,
+        )
     if "weights_job" in clean and ({"iterations", "training"} & set(clean)):
         raise MrictlError(
             "--weights applies saved networks: training flags do not apply to them; leave them out",

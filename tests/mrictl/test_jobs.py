@@ -181,17 +181,22 @@ def test_output_formats_select_files():
     assert jobs.output_format("preview/slice_000.png") == "png"
 
 
-def test_a_queued_default_request_falls_back_like_recon_run(backend, tmp_path):
-    """No method asked for, an ACS too small for the networks: the job does GRAPPA, says so in
-    its record, and succeeds; the same request naming rraki fails with the reason."""
+def test_a_queued_default_request_runs_auto_where_the_networks_cannot(backend, tmp_path):
+    """No method asked for, an ACS too small for the networks: the job runs the default (auto),
+    whose choice is in its result.json, and succeeds; the same request naming rraki fails with
+    the reason."""
     scan_file = write_tiny_scan(tmp_path / "scan.h5")
     options = {"acceleration": 4, "acs_lines": 6}
     submitted = jobs.submit(backend, scan_file, None, options)
-    assert submitted["method"] == "rraki" and submitted["fallback"] is None
+    assert submitted["method"] == "auto" and submitted["fallback"] is None
     assert process(backend) == 2
     final = jobs.wait(backend, submitted["job_id"], timeout=10)
     assert final["state"] == "succeeded", final["error"]
-    assert "too small for RAKI at R=4" in final["fallback"]
+    assert "select_s" in final["timings"]
+    fetched = jobs.fetch(backend, final["job_id"], tmp_path / "got")
+    result = json.loads(next(p for p in fetched if p.name == "result.json").read_text())
+    assert result["method"] == result["selection"]["method"] == "cs"
+    assert "no held-out test" in result["selection"]["reason"]
     named = jobs.submit(backend, scan_file, "rraki", options)
     process(backend)
     failed = jobs.status(backend, named["job_id"])[-1]
