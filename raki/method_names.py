@@ -6,7 +6,7 @@ themselves are in `raki.methods`, which re-exports these names.
 
 from __future__ import annotations
 
-METHODS = ("auto", "raki", "rraki", "grappa", "cs", "zerofill")
+METHODS = ("auto", "raki", "rraki", "grappa", "cs", "ssdu", "zerofill")
 DEFAULT_METHOD = "auto"
 # What "auto" chooses among, per scan, by held-out ACS lines (`raki.selection`).
 AUTO_CANDIDATES = ("cs", "grappa")

@@ -22,6 +22,10 @@ The one entry point every caller (CLI, workers, benchmarks) uses. Methods:
 - "cs": regularised SENSE with ESPIRiT maps (`raki.espirit`, `raki.sense`): L1-wavelet
   compressed sensing by default, Tikhonov CG-SENSE on request, the weight chosen per slice
   from the ACS noise level; the image brought back to coil k-space through the maps.
+- "ssdu": zero-shot self-supervised SSDU (Yaman et al., ICLR 2022; `raki.zero_shot`,
+  `raki.unrolled`): a small unrolled network (residual CNN + CG-SENSE with the ESPIRiT maps)
+  trained on the scan's own acquired samples, started from cs; opt-in (docs/benchmarks.md,
+  "Zero-shot SSDU"). `iterations` caps its epochs.
 
 RAKI and rRAKI run their networks on the lattice of acquired lines only (the ky dilation R of
 training becomes dilation 1), so inference computes just the positions that are missing. The
@@ -73,6 +77,7 @@ from raki.selection import CsSettings, select_method
 from raki.sense import DEFAULT_REGULARIZER, reconstruct_sense
 from raki.train import TrainingConfig, check_trainable, train_scan
 from raki.weights import RakiWeights
+from raki.zero_shot import ZeroShotConfig, reconstruct_zero_shot
 
 ProgressCallback = Callable[[dict[str, float]], None]
 
@@ -341,6 +346,16 @@ def reconstruct(
         timings["maps_s"] = sense.maps_seconds
         timings["solve_s"] = sense.solve_seconds
         details = {**sense.details(), "device": str(torch_device)}
+    elif method == "ssdu":
+        if weights is not None:
+            raise InvalidScanError("method 'ssdu' trains on the scan itself: it takes no weights")
+        torch_device = resolve_device(device)
+        epochs = {} if iterations is None else {"max_epochs": int(iterations)}
+        learned = reconstruct_zero_shot(scan, ZeroShotConfig(**epochs), device=torch_device)
+        kspace = learned.kspace
+        timings["maps_s"] = learned.maps_seconds
+        timings["train_s"] = learned.train_seconds
+        details = {**learned.details(), "device": str(torch_device)}
     else:
         kspace = zerofill(scan)
     timings["total_s"] = time.perf_counter() - start
