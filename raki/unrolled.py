@@ -23,7 +23,7 @@ from torch import nn
 from raki.sense import SenseOperator
 
 DEFAULT_UNROLLS = 4
-DEFAULT_FEATURES = 24
+DEFAULT_FEATURES = 16
 DEFAULT_BLOCKS = 2
 DEFAULT_CG_ITERATIONS = 6
 # mu = 1 weighs the regulariser's image like the data at a fully sampled voxel (||A^H A|| <= 1

@@ -2,7 +2,7 @@
 
 From the repository root, in the project venv:
 
-    .venv/bin/python scripts/bench/learned_peer.py --threads 2 --out bench-results/learned-peer.json
+    .venv/bin/python scripts/bench/learned_peer.py --threads 1 --out bench-results/learned-peer.json
 
 Each case undersamples a fully sampled shared file retrospectively (every R-th line through
 the centre plus a centred ACS block; `with_noise` adds seeded noise, as in
@@ -138,7 +138,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON results path")
     parser.add_argument("--data", help="folder with the brain_*.h5 files (default ../shared/data)")
-    parser.add_argument("--threads", type=int, default=2, help="torch and BLAS threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
     parser.add_argument("--no-rraki", action="store_true", help="leave out the default rraki")
     parser.add_argument("--time-only", action="store_true", help="only the 320 x 320 timing")
     args = parser.parse_args()
