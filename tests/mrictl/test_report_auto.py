@@ -1,0 +1,56 @@
+"""The report says what the default method, auto, chose and why."""
+
+from __future__ import annotations
+
+import json
+
+from mrictl.pipeline.report import write_report
+from raki.phantom import simulate_scan
+
+SELECTION = {
+    "method": "cs",
+    "rule": "held-out ACS lines at R",
+    "candidates": {"cs": 0.012, "grappa": 0.019},
+    "candidate_seconds": {"cs": 0.4, "grappa": 0.05},
+    "seconds": 0.45,
+    "slices": [1],
+    "held_out_lines": 9,
+    "reason": None,
+}
+
+
+def test_the_report_shows_the_choice_its_errors_and_its_rule(tmp_path):
+    scan = simulate_scan((32, 24), num_coils=4).undersampled(2, 8)
+    json_path, md_path = write_report(
+        tmp_path,
+        method="cs",
+        acceleration=2,
+        acs_lines=8,
+        timings={"select_s": 0.45, "total_s": 1.0},
+        metrics={"nmse": 0.001, "psnr": 40.0, "ssim": 0.95},
+        comparison=None,
+        strip_png=None,
+        scan_summary=scan.summary(),
+        selection=SELECTION,
+    )
+    assert json.loads(json_path.read_text())["selection"] == SELECTION
+    markdown = md_path.read_text()
+    assert "- Chosen by: auto -> cs (held-out error cs 0.012 < grappa 0.019)" in markdown
+    assert "- Rule: held-out ACS lines at R, 0.45 s" in markdown
+
+
+def test_without_auto_the_report_has_no_choice(tmp_path):
+    scan = simulate_scan((32, 24), num_coils=4).undersampled(2, 8)
+    json_path, md_path = write_report(
+        tmp_path,
+        method="grappa",
+        acceleration=2,
+        acs_lines=8,
+        timings={},
+        metrics=None,
+        comparison=None,
+        strip_png=None,
+        scan_summary=scan.summary(),
+    )
+    assert json.loads(json_path.read_text())["selection"] is None
+    assert "Chosen by" not in md_path.read_text()
