@@ -17,16 +17,24 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-# The calibration's speed on the host that measured the seconds below (GFLOP/s), and the
-# seconds each method's reconstruction of one demo slice took there (128x96, 8 coils, R4,
-# ACS 24; raki and rraki at their default iterations, NEURAL_ITERATIONS), and what the rest of
-# the demo took (phantom, upload, preprocess, the grappa and zerofill comparison, outputs,
-# fetch: FIXED_SECONDS). Measured 2026-12-06 on a 2-core host that other jobs were loading,
-# with calibration and demo under the same load; rerun: python -m mrictl.demo_progress.
+# What the demo's reconstruction costs, per method, on a host whose calibration gives
+# REFERENCE_GFLOPS: (seconds once per process, the first call's set-up: oneDNN's kernels; seconds
+# per slice; seconds per training iteration of a slice), one demo slice being 128x96, 8 coils,
+# R4, ACS 24. FIXED_SECONDS is the rest (phantom, upload, preprocess, the grappa and zerofill
+# comparison, outputs, fetch). Measured 2026-12-06 on a 2-core AVX-512 (BF16) host that other
+# test runs were loading (load average 4-10), each run scaled by its own calibration; rerun with
+# `python -m mrictl.demo_progress` (prints the table).
 REFERENCE_GFLOPS = 60.0
-REFERENCE_SLICE_SECONDS = {"raki": 20.0, "rraki": 20.0, "cs": 3.0, "grappa": 0.5, "zerofill": 0.1}
-NEURAL_ITERATIONS = {"raki": 1000, "rraki": 1000}
-FIXED_SECONDS = 5.0
+REFERENCE_COSTS: dict[str, tuple[float, float, float]] = {
+    "rraki": (18.0, 0.4, 0.113),
+    "raki": (5.0, 0.3, 0.062),
+    "auto": (0.0, 5.6, 0.0),
+    "cs": (0.0, 1.6, 0.0),
+    "grappa": (0.0, 0.02, 0.0),
+    "zerofill": (0.0, 0.0, 0.0),
+}
+NEURAL_ITERATIONS = 1000  # raki.fit.DEFAULT_ITERATIONS, the paper's
+FIXED_SECONDS = 3.0
 CALIBRATION_SECONDS = 0.2
 CALIBRATION_SIZE = 256
 TICK_SECONDS = 15.0  # the longest silence: a line at least this often
@@ -63,13 +71,16 @@ def estimate_seconds(
     method: str | None, *, slices: int, iterations: int | None, gflops: float
 ) -> float:
     """The demo's seconds on a host whose calibration gave `gflops`. A method the table does
-    not know (a new default, "auto") counts as the slowest one: an estimate errs long."""
-    slowest = max(REFERENCE_SLICE_SECONDS, key=REFERENCE_SLICE_SECONDS.__getitem__)
-    name = method if method in REFERENCE_SLICE_SECONDS else slowest
-    per_slice = REFERENCE_SLICE_SECONDS[name]
-    if name in NEURAL_ITERATIONS and iterations is not None:
-        per_slice *= iterations / NEURAL_ITERATIONS[name]
-    return (FIXED_SECONDS + slices * per_slice) * REFERENCE_GFLOPS / max(gflops, 1e-3)
+    not know (a new default) counts as the slowest one: an estimate errs long."""
+    if method not in REFERENCE_COSTS:
+        method = max(REFERENCE_COSTS, key=lambda name: _seconds(name, slices, iterations))
+    return _seconds(method, slices, iterations) * REFERENCE_GFLOPS / max(gflops, 1e-3)
+
+
+def _seconds(method: str, slices: int, iterations: int | None) -> float:
+    once, per_slice, per_iteration = REFERENCE_COSTS[method]
+    count = NEURAL_ITERATIONS if iterations is None else iterations
+    return FIXED_SECONDS + once + slices * (per_slice + per_iteration * count)
 
 
 def about(seconds: float) -> str:
@@ -182,42 +193,37 @@ class DemoProgress(logging.Handler):
                 )
 
 
-def measure_reference(methods: tuple[str, ...], iterations: int | None) -> dict:
-    """The table above, measured here: for each method, a calibration and a demo run in a
-    fresh local home (neural methods at `iterations`, scaled to NEURAL_ITERATIONS)."""
-    import tempfile
-    from pathlib import Path
+def measure_reference(methods: tuple[str, ...]) -> dict[str, list[float]]:
+    """REFERENCE_COSTS measured here, each time scaled to REFERENCE_GFLOPS by a calibration just
+    before it: a neural method cold at 10 iterations, then warm at 10 and at 110 (set-up per
+    process, per slice and per iteration); the others once, on one demo slice."""
+    from raki.methods import reconstruct
+    from raki.phantom import simulate_scan
 
-    from mrictl.backends.local import LocalBackend
-    from mrictl.demo import run_demo
+    scan = simulate_scan((128, 96), num_coils=8, num_slices=1, snr=20.0, seed=0)
+    scan = scan.undersampled(4, 24)
 
-    runs = {}
+    def timed(method: str, iterations: int | None) -> float:
+        scale = host_gflops() / REFERENCE_GFLOPS
+        started = time.perf_counter()
+        reconstruct(scan, method, iterations=iterations)
+        return (time.perf_counter() - started) * scale
+
+    table = {}
     for method in methods:
-        with tempfile.TemporaryDirectory() as folder:
-            gflops = host_gflops()
-            started = time.monotonic()
-            document = run_demo(
-                LocalBackend(Path(folder) / "home"),
-                Path(folder) / "demo",
-                method=method,
-                iterations=iterations if method in NEURAL_ITERATIONS else None,
-            )
-            wall = time.monotonic() - started
-        main = document["timings"]["total_s"]
-        per_slice = main / 3
-        if method in NEURAL_ITERATIONS and iterations is not None:
-            per_slice *= NEURAL_ITERATIONS[method] / iterations
-        runs[method] = {
-            "gflops": round(gflops, 1),
-            "slice_seconds": round(per_slice, 2),
-            "fixed_seconds": round(wall - main, 2),
-        }
-    return runs
+        if method in ("raki", "rraki"):
+            cold, short, long = timed(method, 10), timed(method, 10), timed(method, 110)
+            per_iteration = max(0.0, (long - short) / 100)
+            per_slice = max(0.0, short - 10 * per_iteration)
+            table[method] = [round(cold - short, 1), round(per_slice, 2), round(per_iteration, 3)]
+        else:
+            table[method] = [0.0, round(timed(method, None), 2), 0.0]
+    return table
 
 
 if __name__ == "__main__":
     import json
     import sys
 
-    chosen = tuple(sys.argv[1:]) or tuple(REFERENCE_SLICE_SECONDS)
-    print(json.dumps(measure_reference(chosen, iterations=200), indent=2))
+    chosen = tuple(sys.argv[1:]) or tuple(REFERENCE_COSTS)
+    print(json.dumps(measure_reference(chosen)))

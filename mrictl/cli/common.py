@@ -13,7 +13,10 @@ if TYPE_CHECKING:
     from mrictl.output import Output
 
 JsonFlag = Annotated[
-    bool, typer.Option("--json", help="Print one JSON document on stdout (human text on stderr).")
+    bool,
+    typer.Option(
+        "--json", help="The result as one JSON document on stdout (notes and errors: stderr)."
+    ),
 ]
 HomeOption = Annotated[
     Path | None,

@@ -92,6 +92,20 @@ def test_results_into_a_pipe_are_not_cut_to_80_columns(monkeypatch):
     assert output.result_console.file is sys.stdout and output.console.file is sys.stderr
 
 
+@pytest.mark.parametrize(("no_color", "coloured"), [("", True), ("1", False)])
+def test_colour_only_where_a_terminal_is_and_never_with_no_color(no_color, coloured):
+    script = (
+        "from mrictl.output import Output\n"
+        "Output().result({}, lambda console: console.print('[red]red[/red] plain'))\n"
+    )
+    environment = {**os.environ, "FORCE_COLOR": "1", "NO_COLOR": no_color}  # as a terminal
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                               env=environment, timeout=60)  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert ("\x1b[31m" in completed.stdout) is coloured
+    assert "red plain" in completed.stdout.replace("\x1b[31m", "").replace("\x1b[0m", "")
+
+
 # --- help -------------------------------------------------------------------------------
 
 

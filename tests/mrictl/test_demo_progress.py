@@ -56,9 +56,9 @@ def test_the_estimate_follows_the_hosts_speed_the_method_and_the_work():
     # A method the table does not know (a new default) is estimated as the slowest one.
     slowest = max(
         estimate_seconds(name, slices=3, iterations=None, gflops=100.0)
-        for name in demo_progress.REFERENCE_SLICE_SECONDS
+        for name in demo_progress.REFERENCE_COSTS
     )
-    assert estimate_seconds("auto", slices=3, iterations=None, gflops=100.0) == slowest
+    assert estimate_seconds("unheard-of", slices=3, iterations=None, gflops=100.0) == slowest
 
 
 def test_the_calibration_measures_this_host_quickly():
