@@ -127,6 +127,15 @@ def test_arguments_are_named_in_capitals_and_optional_ones_in_brackets():
     assert "Usage: mrictl recon status [OPTIONS] [JOB]" in usage
 
 
+@pytest.mark.parametrize("path", [("recon", "run"), ("recon", "submit"), ("demo",)])
+def test_the_help_says_which_method_is_the_default(path):
+    from raki.method_names import DEFAULT_METHOD
+
+    result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    words = " ".join(result.output.replace("│", " ").split())
+    assert f"Default {DEFAULT_METHOD}" in words
+
+
 # --- usage errors -----------------------------------------------------------------------
 
 USAGE_ERRORS = [
