@@ -14,8 +14,11 @@ from raki.metrics import nmse
 from raki.phantom import simulate_scan
 from raki.scan import Scan
 from raki.selection import (
+    CANDIDATES,
     RULE,
+    SWITCH_MARGIN,
     CsSettings,
+    choose,
     describe_selection,
     held_out_split,
     select_method,
@@ -144,3 +147,16 @@ def test_cs_with_no_regularisation_gives_a_noiseless_phantom_back():
     assert nmse(rss_image(full.kspace), result.image) < 1e-3
     assert result.details["weights"] == [0.0] and result.details["weight_rule"] == "given"
     np.testing.assert_array_equal(result.kspace[..., scan.sampled], scan.kspace[..., scan.sampled])
+
+
+def test_another_candidate_replaces_cs_only_when_clearly_better_held_out():
+    """The held-out ACS lines under-weigh the noisy outer k-space, where cs is the safer
+    candidate: GRAPPA must predict them with under SWITCH_MARGIN x cs's error."""
+    assert SWITCH_MARGIN == 0.75
+    assert choose({"cs": 0.010, "grappa": 0.0074}, CANDIDATES) == "grappa"
+    assert choose({"cs": 0.010, "grappa": 0.0076}, CANDIDATES) == "cs"
+    assert choose({"cs": 0.010, "grappa": 0.02}, CANDIDATES) == "cs"
+    close = {"method": "cs", "candidates": {"cs": 0.0135, "grappa": 0.0128}, "margin": 0.75}
+    assert describe_selection(close) == (
+        "auto -> cs (held-out error grappa 0.0128, cs 0.0135: not under 0.75x cs's)"
+    )
