@@ -28,7 +28,14 @@ from mrictl.cli.pacs_options import (
     ToPacsOption,
     requested_node,
 )
-from mrictl.cli.recon import AccelOption, AcsOption, IterationsOption, MethodOption
+from mrictl.cli.recon import (
+    AccelOption,
+    AcsOption,
+    CsRegularizerOption,
+    CsWeightOption,
+    IterationsOption,
+    MethodOption,
+)
 from mrictl.cli.recon import app as recon_app
 from mrictl.config import load_settings
 from mrictl.errors import ExitCode, MrictlError
@@ -126,6 +133,8 @@ def submit(
         str | None,
         typer.Option("--weights", help="Apply the weights of a train job (its id)."),
     ] = None,
+    cs_regularizer: CsRegularizerOption = None,
+    cs_weight: CsWeightOption = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
     home: HomeOption = None,
@@ -144,7 +153,12 @@ def submit(
         store,
         source,
         method or (None if weights else settings.method),
-        {**options, "weights_job": weights},
+        {
+            **options,
+            "weights_job": weights,
+            "cs_regularizer": cs_regularizer,
+            "cs_weight": cs_weight,
+        },
     )
     report_submitted(output, store, record, wait, timeout)
 
