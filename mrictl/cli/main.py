@@ -13,8 +13,20 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from mrictl import __version__
-from mrictl.cli import bench, demo, image, infra, jobs, provision, recon, scan, train, worker
-from mrictl.cli import completion, doctor
+from mrictl.cli import (
+    bench,
+    completion,
+    demo,
+    doctor,
+    image,
+    infra,
+    jobs,
+    provision,
+    recon,
+    scan,
+    train,
+    worker,
+)
 from mrictl.cli import watch as watch_command
 from mrictl.cli.help_format import tidy_help
 from mrictl.errors import ExitCode, MrictlError

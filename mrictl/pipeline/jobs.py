@@ -55,6 +55,7 @@ RECORD_FIELDS = (
     "next_job_id",
     "worker_id",
     "fallback",
+    "selection",
     "batch_job_id",
     "waiting_reason",
 )
@@ -94,6 +95,7 @@ def job_record(job: Job) -> dict[str, Any]:
         "next_job_id": result.get("next_job_id"),
         "worker_id": job.worker_id,
         "fallback": result.get("fallback"),
+        "selection": result.get("selection"),
         "batch_job_id": job.batch_job_id,
         "waiting_reason": None,
     }

@@ -106,6 +106,7 @@ def write_outputs(
         comparison=attrs.get("comparison"),
         strip_png=strip,
         scan_summary=scan.summary(),
+        selection=attrs.get("selection"),
     )
     return written
 
@@ -133,6 +134,8 @@ def _options(payload: dict[str, Any], weights: Path | None = None) -> Any:
         iterations=options.get("iterations"),
         compare=tuple(options.get("compare") or ()),
         training=dict(options.get("training") or {}),
+        cs_regularizer=options.get("cs_regularizer"),
+        cs_weight=options.get("cs_weight"),
     )
 
 
@@ -237,6 +240,7 @@ def run_recon(context: StageContext) -> dict[str, Any]:
         "comparison": attrs.get("comparison") or {},
         "timings": timings,
         "fallback": attrs.get("fallback"),
+        "selection": attrs.get("selection"),
     }
 
 

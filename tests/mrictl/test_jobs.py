@@ -203,6 +203,34 @@ def test_a_queued_default_request_runs_auto_where_the_networks_cannot(backend, t
     assert failed["state"] in ("failed", "dead_letter") and "at least 9" in failed["error"]
 
 
+def test_a_queued_job_records_the_choice_and_honours_the_cs_settings(backend, tmp_path):
+    """The record shows what auto chose (as recon run --json does) and the payload's cs
+    settings reach the worker: Tikhonov at weight 0 is plain CG-SENSE, a different image."""
+    scan_file = write_tiny_scan(tmp_path / "scan.h5")
+    options = {"acceleration": 2, "acs_lines": 12}
+    auto = jobs.submit(backend, scan_file, "auto", options)
+    tikhonov = jobs.submit(
+        backend, scan_file, "cs", {**options, "cs_regularizer": "tikhonov", "cs_weight": 0.0}
+    )
+    l1 = jobs.submit(backend, scan_file, "cs", options)
+    while process(backend):
+        pass
+    record = jobs.wait(backend, auto["job_id"], timeout=10)
+    assert record["state"] == "succeeded", record["error"]
+    assert record["method"] == "auto" and record["selection"]["method"] in ("cs", "grappa")
+    assert record["selection"]["candidates"] or record["selection"]["reason"]
+    images = {}
+    for name, submitted in (("tikhonov", tikhonov), ("l1", l1)):
+        final = jobs.wait(backend, submitted["job_id"], timeout=10)
+        assert final["state"] == "succeeded", final["error"]
+        assert final["selection"] is None
+        fetched = jobs.fetch(backend, final["job_id"], tmp_path / name)
+        result = json.loads(next(p for p in fetched if p.name == "result.json").read_text())
+        assert result["cs"]["regularizer"] == ("tikhonov" if name == "tikhonov" else "l1-wavelet")
+        images[name] = read_reconstruction(next(p for p in fetched if p.suffix == ".h5"))[0]
+    assert not (images["tikhonov"] == images["l1"]).all()
+
+
 def test_fetch_is_all_or_nothing_and_keeps_jobs_apart(backend, tmp_path):
     first = jobs.submit(backend, write_tiny_scan(tmp_path / "a.h5"), "zerofill", RETROSPECTIVE)
     second = jobs.submit(

@@ -130,7 +130,7 @@ def upload_job_payload(scan_id: str) -> dict[str, Any]:
     return {
         "scan_id": scan_id,
         "next_stage": "recon",
-        "method": "rraki",
+        "method": "auto",
         "options": {},
         "default_method": True,
     }
