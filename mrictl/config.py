@@ -47,6 +47,9 @@ SECTION_ENVIRONMENT = {
     ("aws", "profile"): "MRICTL_AWS_PROFILE",
     ("aws", "stack_prefix"): "MRICTL_AWS_STACK_PREFIX",
     ("aws", "endpoint_url"): "MRICTL_AWS_ENDPOINT_URL",
+    ("aws", "fsx_mount"): "MRICTL_AWS_FSX_MOUNT",
+    ("aws", "resumable_upload_threshold"): "MRICTL_AWS_RESUMABLE_UPLOAD_THRESHOLD",
+    ("aws", "upload_part_size"): "MRICTL_AWS_UPLOAD_PART_SIZE",
     ("pacs", "host"): "MRICTL_PACS_HOST",
     ("pacs", "port"): "MRICTL_PACS_PORT",
     ("pacs", "called_aet"): "MRICTL_PACS_CALLED_AET",
@@ -71,6 +74,13 @@ class AwsSettings:
     profile: str | None = None
     stack_prefix: str = "mrictl-prod"  # <project>-<environment>, the templates' defaults
     endpoint_url: str | None = None  # one endpoint for every service (a moto server in tests)
+    # Where the FSx for Lustre file system linked to the preprocessed bucket is mounted: reads
+    # of that bucket use its files when they match (mrictl/backends/aws/fsx.py).
+    fsx_mount: str | None = None
+    # Bytes from which uploads go in resumable parts (default 64 MiB), and the parts' size
+    # (default 16 MiB, at least S3's 5 MiB): mrictl/backends/aws/multipart.py.
+    resumable_upload_threshold: str | None = None
+    upload_part_size: str | None = None
     # A recon job whose volume has more slices than this (default 4; "0": never) runs as an
     # AWS Batch array job, this many slices per child, and an assembler (backends/aws/batch.py).
     slices_per_array_child: str | None = None

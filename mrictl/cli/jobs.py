@@ -73,6 +73,7 @@ def upload(
     json: JsonFlag = False,
 ) -> None:
     """Package a scan (tar + manifest + checksums) and send it to the store or a share."""
+    from mrictl.pipeline.upload import SendListener
     from mrictl.pipeline.upload import upload as upload_scan
 
     output = Output(json)
@@ -96,7 +97,14 @@ def upload(
             "package; queue its reconstruction where it arrives (`mrictl recon submit SCAN_ID`)",
             ExitCode.USAGE,
         )
-    with output.progress("upload", total=None) as update:
+    mib = float(1 << 20)
+    with output.progress("upload (MiB)", total=None) as update:
+
+        def started(size: int, already: int) -> None:
+            update(total=size / mib, completed=0)
+            if already:
+                output.info(f"resumed at {already / mib:.0f} MiB of {size / mib:.0f}")
+
         result = upload_scan(
             open_configured_backend(home, backend),
             paths,
@@ -105,6 +113,7 @@ def upload(
             options=recon_options(accel, acs, None, None),
             axis_order=axis_order,
             phase=lambda step: update(status=step),
+            listener=SendListener(started, lambda sent: update(advance=sent / mib)),
         )
     document = {
         "scan_id": result.scan_id,

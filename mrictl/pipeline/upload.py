@@ -1,6 +1,11 @@
 """Sending a scan: package it and put it in the store (and queue its preprocess job), or drop
 the package into a mounted share folder (an AWS Storage Gateway file share).
 
+The package is staged in the backend's scratch space under its scan id and removed once
+stored: an upload that was cut off leaves it there, so uploading the same scan again sends the
+same file (its bytes and modification time), and a store that resumes interrupted uploads (the
+aws store, for large packages) sends only what it does not hold yet.
+
 Uploading is idempotent: the package is named by the content-derived scan id, the preprocess
 job by an idempotency key of the upload (`mrictl.keys.idempotency_of_upload`), so the CLI and
 an S3 event of the same upload make one job, and uploading again replaces only a stored
@@ -10,7 +15,8 @@ package whose bytes no longer match their checksum. A scan that could only fail 
 
 from __future__ import annotations
 
-import tempfile
+import contextlib
+import tarfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +26,8 @@ from mrictl import keys
 from mrictl.backends.base import Backend, JobState, ObjectArchivedError
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.pipeline.package import (
+    MANIFEST_NAME,
+    ExtractLimits,
     Manifest,
     describe,
     file_sha256,
@@ -54,6 +62,15 @@ class UploadResult:
 
 
 PhaseCallback = Callable[[str], None]
+STAGING_FOLDER = "outgoing"  # in the scratch space: packages being sent
+
+
+@dataclass(frozen=True)
+class SendListener:
+    """Hears the package's transfer, from stores that report it (`reports_progress`)."""
+
+    started: Callable[[int, int], None]  # (package bytes, bytes an interrupted upload left)
+    sent: Callable[[int], None]  # bytes sent since the last call (the resumed ones first)
 
 
 def _quiet(_: str) -> None:
@@ -160,11 +177,13 @@ def store_scan(
     axis_order: str | None = None,
     variable: str | None = None,
     phase: PhaseCallback | None = None,
+    listener: SendListener | None = None,
 ) -> tuple[str, bool]:
     """Put a scan's package in the store (no job): its scan id and whether it was already there.
 
     A stored package whose bytes fail their checksum is not "already there": it is replaced.
-    `phase` hears "checksums", "packaging", "sending" as each long step starts.
+    `phase` hears "checksums", "packaging", "sending" as each long step starts; `listener`
+    the transfer itself.
     """
     phase = phase or _quiet
     inputs = _checked_inputs(paths)
@@ -176,11 +195,43 @@ def store_scan(
         return scan_id, True
     phase("packaging")
     manifest = _manifest_of(inputs, hashes, read_options_of(axis_order, variable))
-    with tempfile.TemporaryDirectory(prefix="package-", dir=backend.scratch_dir) as staging:
-        tar_path = write_package(manifest, inputs, Path(staging))
-        phase("sending")
-        backend.store.put_file(key, tar_path, metadata={"scan-id": scan_id, "format": "package"})
+    tar_path = _staged_package(manifest, inputs, backend.scratch_dir / STAGING_FOLDER)
+    phase("sending")
+    listening: dict[str, Any] = {}
+    if listener is not None and getattr(backend.store, "reports_progress", False):
+        listening = {"progress": listener.sent, "started": listener.started}
+    metadata = {"scan-id": scan_id, "format": "package"}
+    backend.store.put_file(key, tar_path, metadata=metadata, **listening)
+    tar_path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # another upload may still be staging there
+        tar_path.parent.rmdir()
     return scan_id, False
+
+
+def _staged_package(manifest: Manifest, inputs: Sequence[Path], staging: Path) -> Path:
+    """`staging/<scan_id>.tar`: the one an interrupted upload left when it holds this manifest
+    (the same scan read the same way: the same bytes, written whole by `write_package`, whose
+    unchanged modification time lets the store resume), else written anew."""
+    staging.mkdir(parents=True, exist_ok=True)
+    staged = staging / f"{manifest.scan_id}.tar"
+    if staged.is_file() and _manifest_bytes(staged) == manifest.to_json():
+        return staged
+    return write_package(manifest, inputs, staging)
+
+
+def _manifest_bytes(tar_path: Path) -> bytes | None:
+    """The manifest a staged package starts with; None if it cannot be read."""
+    try:
+        with tarfile.open(tar_path, "r:") as archive:
+            first = archive.next()
+            if first is None or first.name != MANIFEST_NAME or not first.isfile():
+                return None
+            if first.size > ExtractLimits().max_manifest_bytes:
+                return None
+            stream = archive.extractfile(first)
+            return None if stream is None else stream.read()
+    except (OSError, tarfile.TarError):
+        return None
 
 
 def _stored_whole(backend: Backend, key: str) -> bool:
@@ -202,6 +253,7 @@ def upload(
     axis_order: str | None = None,
     variable: str | None = None,
     phase: PhaseCallback | None = None,
+    listener: SendListener | None = None,
 ) -> UploadResult:
     """Send a scan: into a mounted share folder (`to_dir`), or into the store + a preprocess job.
 
@@ -217,7 +269,7 @@ def upload(
         return UploadResult(package.scan_id, package.already_present, package.path.name)
     request = recon_request(method, options)  # a bad request fails before anything is sent
     scan_id, already = store_scan(
-        backend, paths, axis_order=axis_order, variable=variable, phase=phase
+        backend, paths, axis_order=axis_order, variable=variable, phase=phase, listener=listener
     )
     job_id = enqueue_preprocess(
         backend, scan_id, request, idempotency_key=keys.idempotency_of_upload(scan_id)

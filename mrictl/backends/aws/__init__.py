@@ -3,6 +3,11 @@
 - `store.py`: `S3ObjectStore`, keys onto the raw, preprocessed and reconstructed buckets by
   area, each object with its SHA-256 in its metadata, checked in transit and on every read; a
   read of an archived (Glacier) object starts its restore and raises ObjectArchivedError.
+- `multipart.py`: large files go up in parts recorded under <home>/upload-resume, so an
+  interrupted upload of the same file resumes (`aws.resumable_upload_threshold`,
+  `aws.upload_part_size`).
+- `fsx.py`: with `aws.fsx_mount`, reads of the preprocessed bucket come from the FSx for Lustre
+  file system linked to it when its file matches the object's recorded SHA-256.
 - `queue.py`: `AwsJobQueue`, job records as DynamoDB items fenced by conditional writes,
   idempotency keys as items of the same table, SQS messages (and raw-upload S3 events) as
   deliveries to pulling workers, Batch jobs as deliveries of recon and train jobs where the
@@ -18,8 +23,7 @@
 Clients come from `mrictl.backends.AwsClients` (botocore's standard retry mode, so throttling is
 retried there). Worker processes started on this machine pull from the same queues.
 
-Not yet here: array jobs over the slices of a large volume (one Batch job runs a whole scan),
-reading scans from an FSx for Lustre path instead of S3, and resumable uploads of large scans.
+Not yet here: array jobs over the slices of a large volume (one Batch job runs a whole scan).
 """
 
 from __future__ import annotations
@@ -29,16 +33,21 @@ from typing import TYPE_CHECKING
 
 from mrictl import keys
 from mrictl.backends.aws.batch import BatchService
+from mrictl.backends.aws.fsx import FsxCopies
+from mrictl.backends.aws.multipart import MIN_PART_SIZE
 from mrictl.backends.aws.queue import RECEIVE_WAIT_SECONDS, UPLOAD_GRACE_SECONDS, AwsJobQueue
 from mrictl.backends.aws.refresh import CacheRefresher, recorded_results_share
 from mrictl.backends.aws.resources import AwsResources
-from mrictl.backends.aws.store import S3ObjectStore
+from mrictl.backends.aws.store import PART_SIZE, RESUMABLE_THRESHOLD, S3ObjectStore
 from mrictl.backends.base import DEFAULT_MAX_ATTEMPTS, BackendError
 from mrictl.backends.processes import LocalWorkerProcesses
 from mrictl.config import SECTION_ENVIRONMENT, AwsSettings
+from mrictl.errors import ExitCode, MrictlError
 
 if TYPE_CHECKING:
     from mrictl.backends import AwsClients
+
+RESUME_FOLDER = "upload-resume"  # beside the scratch space: resume records of large uploads
 
 __all__ = [
     "AwsBackend",
@@ -77,7 +86,20 @@ class AwsBackend:
                 f"{self.scratch_dir.name}: cannot hold the aws backend's scratch space "
                 f"({error.strerror or type(error).__name__})"
             ) from None
-        self.store = S3ObjectStore(clients.client("s3"), resources)
+        self.store = S3ObjectStore(
+            clients.client("s3"),
+            resources,
+            resumable_threshold=_bytes_setting(
+                settings, "resumable_upload_threshold", RESUMABLE_THRESHOLD, least=0
+            ),
+            part_size=_bytes_setting(settings, "upload_part_size", PART_SIZE, least=MIN_PART_SIZE),
+            resume_dir=self.scratch_dir.parent / RESUME_FOLDER,
+            local_copies=(
+                FsxCopies(Path(settings.fsx_mount), resources.preprocessed_bucket)
+                if settings.fsx_mount
+                else None
+            ),
+        )
         self.queue = AwsJobQueue(
             clients.client("dynamodb"),
             clients.client("sqs"),
@@ -118,6 +140,19 @@ class AwsBackend:
 
     def __repr__(self) -> str:
         return f"AwsBackend(job_table={self.resources.job_table!r})"
+
+
+def _bytes_setting(settings: AwsSettings, name: str, default: int, *, least: int) -> int:
+    """A size setting in bytes (a whole number, at least `least`), or `default`."""
+    given = getattr(settings, name)
+    if not given:
+        return default
+    if not given.strip().isdigit() or int(given) < least:
+        raise MrictlError(
+            f"aws.{name} must be a whole number of bytes of at least {least}, not {given!r}",
+            ExitCode.USAGE,
+        )
+    return int(given)
 
 
 class _LazyClient:

@@ -19,8 +19,13 @@ Intelligent-Tiering archive access tier; or S3 answers `InvalidObjectState`) sta
 saying within how many hours it will be readable; a second read while it runs starts nothing
 more (the head's `ongoing-request="true"`, or S3's `RestoreAlreadyInProgress`).
 
-Not yet here: resuming an interrupted upload of a large scan (a multipart upload is abandoned,
-and the bucket's lifecycle rule aborts it after a week); a put starts again from the first byte.
+A file of `resumable_threshold` bytes or more (64 MiB) goes up in `part_size` parts (16 MiB)
+that this store sends itself, recording each part on local disk, so a put of the same file
+under the same key after an interruption sends only the missing parts (`multipart.py`).
+
+With `local_copies` (`fsx.py`: an FSx for Lustre file system linked to the preprocessed
+bucket, mounted here), a read takes the object's bytes from that copy when its size and SHA-256
+match what the object's head records, and from S3 otherwise.
 """
 
 from __future__ import annotations
@@ -31,10 +36,19 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mrictl.backends.aws.multipart import (
+    FileChangedError,
+    PermanentUploadError,
+    ResumableUpload,
+    ResumeRecords,
+    Started,
+    hash_file,
+    part_size_for,
+)
 from mrictl.backends.aws.resources import AwsResources
 from mrictl.backends.base import (
     BackendError,
@@ -51,6 +65,8 @@ CHUNK = 1 << 20
 SHA256_NAME = "sha256"  # our user-metadata entry; the caller's names cannot collide with it
 MULTIPART_THRESHOLD = 64 << 20
 MULTIPART_CHUNK = 64 << 20
+RESUMABLE_THRESHOLD = 64 << 20  # files this large are sent in parts this store records
+PART_SIZE = 16 << 20  # 4 parts of a 64 MiB scan: at most 16 MiB sent again after a cut
 READ_TRIES = 3  # a put racing a get: read again before calling the object corrupt
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 ARCHIVED_CODE = "InvalidObjectState"  # GetObject of an archived object not restored
@@ -70,6 +86,14 @@ RESTORE_HOURS = {
 RESTORE_TIERS = ("Standard", "Bulk")
 
 Progress = Callable[[int], None]  # bytes transferred since the last call
+
+
+class LocalCopies(Protocol):
+    """A read strategy: serve an object from a local copy of its bucket (`fsx.py`)."""
+
+    def copy_to(self, bucket: str, recorded: ObjectInfo, dest: Path) -> ObjectInfo | None:
+        """Write the object's bytes to `dest` if a copy matches `recorded`; None if not."""
+        ...
 
 
 def default_transfer_config() -> Any:
@@ -103,6 +127,8 @@ def backend_error(what: str, error: Exception) -> BackendError:
 class S3ObjectStore:
     """Objects in the stack's buckets; see the module docstring."""
 
+    reports_progress = True  # put_file takes `progress` and `started` listeners
+
     def __init__(
         self,
         s3_client: Any,
@@ -111,14 +137,26 @@ class S3ObjectStore:
         transfer_config: Any = None,
         restore_tier: str = "Standard",
         restore_days: int = RESTORE_DAYS,
+        resumable_threshold: int = RESUMABLE_THRESHOLD,
+        part_size: int = PART_SIZE,
+        resume_dir: Path | None = None,
+        local_copies: LocalCopies | None = None,
     ) -> None:
+        """`resume_dir` keeps the resume records (None: an interrupted upload starts over);
+        `part_size` below S3's 5 MiB works only on servers that allow it."""
         if restore_tier not in RESTORE_TIERS:
             raise ValueError(f"restore tier {restore_tier!r}: choose from {RESTORE_TIERS}")
+        if part_size < 1 or resumable_threshold < 0:
+            raise ValueError("part size and resumable threshold must be positive")
         self.s3 = s3_client
         self.resources = resources
         self.transfer_config = transfer_config or default_transfer_config()
         self.restore_tier = restore_tier
         self.restore_days = restore_days
+        self.resumable_threshold = resumable_threshold
+        self.part_size = part_size
+        self.resume_records = ResumeRecords(resume_dir)
+        self.local_copies = local_copies
 
     def _where(self, key: str) -> tuple[str, str]:
         return self.resources.bucket_for(validate_key(key)), key
@@ -130,13 +168,21 @@ class S3ObjectStore:
         *,
         metadata: Mapping[str, str] | None = None,
         progress: Progress | None = None,
+        started: Started | None = None,
     ) -> ObjectInfo:
+        """`started(size, already)` hears the file's size and the bytes an interrupted upload
+        left in S3 (0 unless resumed) before the first byte goes; `progress(n)` each n bytes
+        sent (the resumed bytes first)."""
         bucket, key = self._where(key)
         clean = validate_metadata(metadata)
         # The SHA-256 must be known before the first byte goes (S3 takes metadata with the
         # request that starts the upload), so the file is read twice: once here, once sent.
         before = os.stat(path)
+        if before.st_size >= self.resumable_threshold:
+            return self._put_resumable(bucket, key, path, clean, progress, started)
         size, digest = file_digest(path)
+        if started is not None:
+            started(size, 0)
         sha256 = digest.hex()
         extra: dict[str, Any] = {"Metadata": {**clean, SHA256_NAME: sha256}}
         if size < self.transfer_config.multipart_threshold:
@@ -161,6 +207,38 @@ class S3ObjectStore:
             raise BackendError(f"{key}: {path.name} changed while it was stored; nothing kept")
         return ObjectInfo(key, size, sha256, clean)
 
+    def _put_resumable(
+        self,
+        bucket: str,
+        key: str,
+        path: Path,
+        metadata: dict[str, str],
+        progress: Progress | None,
+        started: Started | None,
+    ) -> ObjectInfo:
+        local = hash_file(path, part_size_for(os.stat(path).st_size, self.part_size))
+        sha256 = local.sha256.hex()
+        upload = ResumableUpload(
+            self.s3, self.resume_records, bucket, key, local, {**metadata, SHA256_NAME: sha256}
+        )
+        try:
+            upload.run(progress, started)
+        except FileChangedError:
+            raise BackendError(
+                f"{key}: {path.name} changed while it was stored; nothing kept"
+            ) from None
+        except PermanentUploadError as refused:
+            raise backend_error(f"{key}: put refused (upload aborted)", refused.error) from None
+        except (ClientError, BotoCoreError) as error:
+            raise backend_error(
+                f"{key}: put interrupted (put the same file again to resume)", error
+            ) from None
+        after = os.stat(path)
+        if (after.st_size, after.st_mtime_ns) != (local.size, local.mtime_ns):
+            self.delete(key)
+            raise BackendError(f"{key}: {path.name} changed while it was stored; nothing kept")
+        return ObjectInfo(key, local.size, sha256, metadata)
+
     def get_file(self, key: str, dest: Path, *, progress: Progress | None = None) -> ObjectInfo:
         bucket, key = self._where(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +246,10 @@ class S3ObjectStore:
             response = self._head_object(bucket, key)
             self._raise_if_archived(bucket, key, response)
             recorded, etag = self._info(key, response)
+            if self.local_copies is not None and recorded.sha256:
+                served = self.local_copies.copy_to(bucket, recorded, dest)
+                if served is not None:
+                    return served
             temporary = partial_name(dest)
             try:
                 try:
