@@ -397,7 +397,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON results path")
     parser.add_argument("--data", help="folder with the brain_*.h5 files (default ../shared/data)")
     parser.add_argument("--threads", type=int, default=1, help="torch, BLAS and BART threads")
-    parser.add_argument("--only", help="run only cases whose data name contains this text")
+    parser.add_argument("--only", help="run only cases whose data name or label has this text")
     parser.add_argument("--no-phantoms", action="store_true")
     parser.add_argument("--no-maps", action="store_true", help="skip part 1 (coil maps)")
     parser.add_argument("--sigpy-python", help="a Python with SigPy, for its maps in part 1")
@@ -426,11 +426,13 @@ def main() -> int:
             jobs.append((label, with_noise(read_scan(path), noise), acceleration, acs_lines))
     if not args.no_phantoms:
         for snr in PHANTOM_SNRS:
-            phantom = simulate_scan((192, 160), num_coils=8, snr=snr, seed=1)
-            jobs.append((f"phantom 8ch SNR {snr:g}", phantom, 4, 24))
+            if not args.only or args.only in f"phantom 8ch SNR {snr:g}":
+                phantom = simulate_scan((192, 160), num_coils=8, snr=snr, seed=1)
+                jobs.append((f"phantom 8ch SNR {snr:g}", phantom, 4, 24))
         # The size of issue 16's time target (16 coils, 320 x 320).
-        phantom = simulate_scan((320, 320), num_coils=16, snr=20, seed=1)
-        jobs.append(("phantom 16ch 320x320 SNR 20", phantom, 4, 32))
+        if not args.only or args.only in "phantom 16ch 320x320 SNR 20":
+            phantom = simulate_scan((320, 320), num_coils=16, snr=20, seed=1)
+            jobs.append(("phantom 16ch 320x320 SNR 20", phantom, 4, 32))
     cases = []
     for label, full, acceleration, acs_lines in jobs:
         print(f"{label} R={acceleration} ACS={acs_lines}", flush=True)

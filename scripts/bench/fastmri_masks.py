@@ -45,6 +45,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True, help="JSON results path")
     parser.add_argument("--data", help="folder with the brain_*.h5 files (default ../shared/data)")
     parser.add_argument("--offset", type=int, default=1, help="first outer line of the mask")
+    parser.add_argument("--only", help="run only the files whose name contains this text")
     args = parser.parse_args()
     folder = data_folder(args.data)
     peer = has_pygrappa()
@@ -52,7 +53,7 @@ def main() -> int:
     print("| data | R | ACS | gaps | zero-fill | GRAPPA | pygrappa | GRAPPA, every R-th line |")
     print("|---|---:|---:|---|---|---|---|---|")
     for name in FILES:
-        if not (folder / name).is_file():
+        if not (folder / name).is_file() or (args.only and args.only not in name):
             continue
         full = read_scan(folder / name)
         reference = rss_image(full.kspace)

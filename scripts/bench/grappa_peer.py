@@ -208,9 +208,10 @@ def markdown(cases: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def sweep_defaults(folder: Path) -> dict[str, object]:
+def sweep_defaults(folder: Path, only: str | None = None) -> dict[str, object]:
     """NMSE over lambda per kernel, on the brain files and phantoms at R = 3..6: the evidence
-    behind DEFAULT_KERNEL_SIZE and the automatic lambda (scale and form)."""
+    behind DEFAULT_KERNEL_SIZE and the automatic lambda (scale and form). Missing files are
+    left out; `only` keeps the data whose name contains it."""
     datasets = [
         (name, np.asarray(h5py.File(folder / name, "r")["kspace"][0]), acs)
         for name, acs in (
@@ -218,10 +219,12 @@ def sweep_defaults(folder: Path) -> dict[str, object]:
             ("brain_16ch_96x96.h5", 24),
             ("brain_16ch_64x64.h5", 24),
         )
+        if (folder / name).is_file() and (not only or only in name)
     ]
     for snr in (10.0, 30.0, 100.0):
-        phantom = simulate_scan(matrix=(128, 96), num_coils=8, snr=snr, seed=1)
-        datasets.append((f"phantom 8ch snr {snr:g}", phantom.kspace[0], 24))
+        if not only or only in f"phantom 8ch snr {snr:g}":
+            phantom = simulate_scan(matrix=(128, 96), num_coils=8, snr=snr, seed=1)
+            datasets.append((f"phantom 8ch snr {snr:g}", phantom.kspace[0], 24))
     rows = []
     for name, kspace, acs_lines in datasets:
         reference = rss_image(kspace[None])
@@ -359,7 +362,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="BLAS threads for both methods")
     parser.add_argument("--sweep", action="store_true", help="also run the defaults sweep")
     parser.add_argument("--sweep-only", action="store_true", help="run only the defaults sweep")
-    parser.add_argument("--only", help="run only cases whose file name contains this text")
+    parser.add_argument("--only", help="run only cases (and sweep data) whose name has this text")
     args = parser.parse_args()
     folder = data_folder(args.data)
     if not folder.is_dir():
@@ -374,7 +377,7 @@ def main() -> int:
         write_json(args.out, payload)
     if args.sweep or args.sweep_only:
         print("defaults sweep ...", file=sys.stderr, flush=True)
-        payload["sweep"] = sweep_defaults(folder)
+        payload["sweep"] = sweep_defaults(folder, args.only)
     payload["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     write_json(args.out, payload)
     if payload["cases"]:

@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", help="folder with the brain_*.h5 files (default ../shared/data)")
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--iterations", type=int, default=1000, help="training iterations")
     args = parser.parse_args()
     tune_process()
     folder = data_folder(args.data)
@@ -110,7 +111,7 @@ def main() -> None:
         grappa = nmse(reference, rss_image(reconstruct_grappa(scan)))
         # The default's weights (GRAPPA kernel, metadata); its networks are replaced below.
         template = train_scan(scan, "rraki", device="cpu", iterations=1)
-        trained = guarded_training(scan)
+        trained = guarded_training(scan, args.iterations)
 
         row = {
             "case": case,
@@ -125,7 +126,8 @@ def main() -> None:
             flush=True,
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(), "cases": rows}, indent=2))
+    payload = {"machine": machine(), "iterations": args.iterations, "cases": rows}
+    args.out.write_text(json.dumps(payload, indent=2))
 
 
 if __name__ == "__main__":

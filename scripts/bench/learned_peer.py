@@ -71,13 +71,17 @@ def score(reference, kspace) -> dict[str, float]:
     }
 
 
-def run_case(full: Scan, acceleration: int, acs_lines: int, methods) -> dict[str, object]:
+def run_case(
+    full: Scan, acceleration: int, acs_lines: int, methods, iterations: int | None = None
+) -> dict[str, object]:
+    """`iterations` (None: each method's default) caps ssdu's epochs and rraki's training."""
     reference = rss_image(full.kspace)
     scan = full.undersampled(acceleration, acs_lines)
     rows: dict[str, object] = {}
     for method in methods:
         start = time.perf_counter()
-        result = reconstruct(scan, method, device="cpu")
+        capped = iterations if method in ("ssdu", "rraki") else None
+        result = reconstruct(scan, method, device="cpu", iterations=capped)
         seconds = (time.perf_counter() - start) / scan.num_slices
         row = {**score(reference, result.kspace), "seconds": seconds}
         if method == "ssdu":
@@ -141,6 +145,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
     parser.add_argument("--no-rraki", action="store_true", help="leave out the default rraki")
     parser.add_argument("--time-only", action="store_true", help="only the 320 x 320 timing")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a quick check: one small phantom instead of the files, ssdu 1 epoch, rraki 1 "
+        "iteration, no 320 x 320 timing",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     methods = [m for m in METHODS if not (args.no_rraki and m == "rraki")]
@@ -149,7 +159,11 @@ def main() -> int:
     flags = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     started["avx512"] = sorted({word for word in flags.split() if word.startswith("avx512")})
     cases = []
-    if not args.time_only:
+    if args.smoke:
+        full = simulate_scan((64, 64), num_coils=8, snr=20, seed=1)
+        rows = run_case(full, 4, 16, methods, iterations=1)
+        cases.append({"data": "phantom 8ch 64x64 SNR 20", "R": 4, "acs": 16, "methods": rows})
+    elif not args.time_only:
         for name, acceleration, acs_lines, noise in CASES:
             path = folder / name
             if not path.is_file():
@@ -160,7 +174,7 @@ def main() -> int:
             full = with_noise(read_scan(path), noise)
             rows = run_case(full, acceleration, acs_lines, methods)
             cases.append({"data": label, "R": acceleration, "acs": acs_lines, "methods": rows})
-    large = time_large_slice()
+    large = {} if args.smoke else time_large_slice()
     table = markdown(cases, methods) if cases else ""
     print(table)
     payload = {

@@ -191,6 +191,9 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.02)
     parser.add_argument("--snr", type=float, default=30.0)
     parser.add_argument("--data", type=Path, default=Path(__file__).parents[3] / "shared/data")
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="every run's budget (default: its own)"
+    )
     args = parser.parse_args()
     device = resolve_device("cpu")
     tune_process()
@@ -199,6 +202,13 @@ def main() -> None:
         if args.configs is None
         else {name: CONFIGS[name] for name in args.configs.split(";")}
     )
+    faithful_config = FAITHFUL
+    if args.iterations is not None:
+        faithful_config = replace(FAITHFUL, iterations=args.iterations)
+        chosen = {
+            name: (method, replace(config, iterations=args.iterations), energy)
+            for name, (method, config, energy) in chosen.items()
+        }
     results: dict[str, object] = {"machine": machine(), "load_before": os.getloadavg()}
     cases = {}
     for case in args.cases.split(","):
@@ -211,9 +221,9 @@ def main() -> None:
         else:
             name, r, acs = case.split(":")
             scan, reference = file_case(args.data / name, int(r), int(acs))
-        faithful = run_config(scan, reference, "raki", FAITHFUL, None, args.every, device)
+        faithful = run_config(scan, reference, "raki", faithful_config, None, args.every, device)
         bar = faithful["final_nmse"]
-        rows = {"raki faithful 1000 it": faithful}
+        rows = {f"raki faithful {faithful_config.iterations} it": faithful}
         for name, (method, config, energy) in chosen.items():
             if ("oversampling" in name or "full readout" in name) and not (
                 scan.geometry.readout_oversampling

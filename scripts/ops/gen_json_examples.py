@@ -7,6 +7,7 @@ replaced by stable stand-ins so that a refresh changes only what the commands ch
 
     python scripts/ops/gen_json_examples.py            # rewrite the page's generated part
     python scripts/ops/gen_json_examples.py --print    # print it instead
+    python scripts/ops/gen_json_examples.py --quick    # print the scan examples only (a check)
 
 Commands that need AWS (provision, gateway, image, infra validate) are not run here: their
 documents are described on the page and in docs/aws.md.
@@ -97,12 +98,15 @@ class Runner:
         return completed.returncode == 0
 
 
-def run_everything(runner: Runner) -> None:
-    """One small session of a scanner workstation, each command with --json."""
+def run_everything(runner: Runner, quick: bool = False) -> None:
+    """One small session of a scanner workstation, each command with --json; `quick`: the
+    first three only (seconds instead of a minute, to check the script itself)."""
     run = runner.run
     run("scan simulate", "scan simulate --out full.h5 --matrix 32x24 --coils 4")
     run("scan undersample", "scan undersample full.h5 --out under.h5 --accel 2 --acs 8")
     run("scan info", "scan info under.h5")
+    if quick:
+        return
     run("scan convert", "scan convert under.h5 under.npz")
     run("recon run", "recon run under.h5 --method grappa --out recon.h5 --reference full.h5")
     run("train", "train under.h5 --out weights.pt --iterations 5")
@@ -124,7 +128,10 @@ def run_everything(runner: Runner) -> None:
     if runner.offers("watch"):
         export = runner.scratch / "export"
         export.mkdir()
-        scan = "scan simulate --out export/series.h5 --matrix 32x24 --coils 4 --seed 7 --accel 2 --acs 8"
+        scan = (
+            "scan simulate --out export/series.h5 --matrix 32x24 --coils 4 --seed 7 --accel 2 "
+            "--acs 8"
+        )
         run("scan simulate --accel (an accelerated scan)", scan)
         (export / "series.h5.done").write_text("")  # the scanner's "export complete" marker
         run("watch", "watch export --once --interval 0.5 --recon --method grappa", lines=True)
@@ -167,13 +174,16 @@ def render(examples: dict[str, Example], scratch: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--print", action="store_true", help="print instead of rewriting")
+    parser.add_argument(
+        "--quick", action="store_true", help="print the first three examples only (a check)"
+    )
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mrictl-json-") as folder:
         scratch = Path(folder)
         runner = Runner(scratch)
-        run_everything(runner)
+        run_everything(runner, arguments.quick)
         generated = render(runner.examples, scratch)
-    if arguments.print:
+    if arguments.print or arguments.quick:
         print(generated)
         return 0
     page = PAGE.read_text(encoding="utf-8")
