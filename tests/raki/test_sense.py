@@ -7,12 +7,22 @@ import pytest
 import torch
 
 from raki.errors import InvalidScanError
+from raki.espirit import espirit_maps
 from raki.fft import rss_image
 from raki.io import read_scan
 from raki.methods import reconstruct
 from raki.metrics import nmse
 from raki.phantom import coil_sensitivities, simulate_scan
-from raki.sense import SenseOperator, cg_sense, coil_kspace, reconstruct_sense
+from raki.sense import (
+    SenseOperator,
+    automatic_weight,
+    cg_sense,
+    coil_kspace,
+    l1_wavelet_sense,
+    reconstruct_sense,
+    shifted_threshold,
+    soft_threshold,
+)
 from raki.wavelet import Wavelet2d
 
 
@@ -97,6 +107,41 @@ def test_automatic_weight_is_near_the_best_weight_by_reference(noisy_phantom):
     best = factors[int(np.argmin(scores))]
     assert 1 / 3 <= best <= 3
     assert scores[3] <= 1.2 * min(scores)
+
+
+def test_a_shifted_threshold_moves_the_grid_and_not_the_image():
+    transform = Wavelet2d((32, 24), "db2")
+    threshold = torch.where(transform.detail_mask(), 0.3, 0.0).float()
+    image = torch.randn(
+        1, 32, 24, dtype=torch.complex64, generator=torch.Generator().manual_seed(2)
+    )
+    unshifted = transform.inverse(soft_threshold(transform.forward(image), threshold))
+    assert torch.allclose(shifted_threshold(transform, image, threshold, (0, 0)), unshifted)
+    # A whole period of the coarsest level is the same grid; one pixel is a different one.
+    period = 2**transform.levels
+    same = shifted_threshold(transform, image, threshold, (period, 2 * period))
+    assert torch.allclose(same, unshifted, atol=1e-5)
+    assert not torch.allclose(shifted_threshold(transform, image, threshold, (1, 0)), unshifted)
+
+
+def test_two_grids_per_iteration_beat_one_on_a_noisy_phantom(noisy_phantom):
+    scan = noisy_phantom.undersampled(4, 16)
+    acs = scan.acs_kspace()[0]
+    maps = espirit_maps(acs, scan.matrix)
+    operator = SenseOperator.build(maps.maps, scan.sampled)
+    measured = torch.from_numpy(scan.kspace[0])
+    lam = automatic_weight("l1-wavelet", maps, acs)
+    reference = rss_image(noisy_phantom.kspace)
+
+    def error(**options) -> float:
+        image, _ = l1_wavelet_sense(operator, measured, lam, **options)
+        return nmse(reference, rss_image(coil_kspace(operator, image, measured).numpy()[None]))
+
+    assert error(spins=2) < error(spins=1)
+    # Without shifts every grid is the same: spins change nothing.
+    assert error(shifts=False, spins=3) == pytest.approx(error(shifts=False, spins=1), rel=1e-6)
+    with pytest.raises(ValueError, match="at least one grid"):
+        l1_wavelet_sense(operator, measured, lam, spins=0)
 
 
 def test_cs_is_a_method_with_timings_and_details(noisy_phantom):
