@@ -50,6 +50,7 @@ SECTION_ENVIRONMENT = {
     ("aws", "fsx_mount"): "MRICTL_AWS_FSX_MOUNT",
     ("aws", "resumable_upload_threshold"): "MRICTL_AWS_RESUMABLE_UPLOAD_THRESHOLD",
     ("aws", "upload_part_size"): "MRICTL_AWS_UPLOAD_PART_SIZE",
+    ("aws", "slices_per_array_child"): "MRICTL_AWS_SLICES_PER_ARRAY_CHILD",
     ("pacs", "host"): "MRICTL_PACS_HOST",
     ("pacs", "port"): "MRICTL_PACS_PORT",
     ("pacs", "called_aet"): "MRICTL_PACS_CALLED_AET",

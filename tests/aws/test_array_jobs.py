@@ -125,17 +125,19 @@ def fetched_image(cloud: Cloud, job_id: str, out: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def volume(cloud: Cloud, tmp_path_factory: pytest.TempPathFactory) -> Volume:
-    """Upload and preprocess a 9-slice scan, run its recon job (one Batch job: the object
-    preprocess wrote records no slice count), then store the preprocessed object as the
-    preprocess stage does with its slice count (`keys.preprocessed_metadata`), so that the
-    scan's next recon jobs are split."""
+    """Upload and preprocess a 9-slice scan with splitting switched off for that submission
+    (aws.slices_per_array_child 0: one Batch job), run its recon job for the whole image;
+    the preprocessed object records its slice count (`keys.preprocessed_metadata`), so that
+    the scan's next recon jobs, at the default setting, are split."""
     folder = tmp_path_factory.mktemp("volume")
     phantom = simulate_scan(matrix=(32, 24), num_coils=4, num_slices=SLICES, seed=3)
     path = write_fastmri(phantom, folder / "volume.h5")
-    sent = cloud.cli("recon", "submit", str(path), *FLAGS)
-    assert sent.exit_code == 0, sent.output
-    pulled = cloud.cli("worker", "run", "--stage", "preprocess", "--once")
-    assert pulled.exit_code == 0, pulled.output
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MRICTL_AWS_SLICES_PER_ARRAY_CHILD", "0")
+        sent = cloud.cli("recon", "submit", str(path), *FLAGS)
+        assert sent.exit_code == 0, sent.output
+        pulled = cloud.cli("worker", "run", "--stage", "preprocess", "--once")
+        assert pulled.exit_code == 0, pulled.output
     preprocess = record(cloud, sent.json()["job_id"])
     whole = preprocess["next_job_id"]
     assert batch_ids(cloud, whole)[0] is None  # one Batch job
@@ -143,11 +145,8 @@ def volume(cloud: Cloud, tmp_path_factory: pytest.TempPathFactory) -> Volume:
     assert ran.exit_code == 0 and ran.json()["state"] == "succeeded", ran.output
     image = fetched_image(cloud, whole, folder / "whole")
 
-    backend = the_backend()
-    key = keys.preprocessed(preprocess["scan_id"])
-    backend.store.get_file(key, folder / "canonical.h5")
-    metadata = keys.preprocessed_metadata(preprocess["scan_id"], SLICES)
-    backend.store.put_file(key, folder / "canonical.h5", metadata=metadata)
+    stored = the_backend().store.head(keys.preprocessed(preprocess["scan_id"]))
+    assert stored.metadata == keys.preprocessed_metadata(preprocess["scan_id"], SLICES)
     return Volume(path, preprocess["scan_id"], whole, image)
 
 

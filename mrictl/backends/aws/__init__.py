@@ -23,7 +23,8 @@
 Clients come from `mrictl.backends.AwsClients` (botocore's standard retry mode, so throttling is
 retried there). Worker processes started on this machine pull from the same queues.
 
-Not yet here: array jobs over the slices of a large volume (one Batch job runs a whole scan).
+A recon job whose volume has more slices than `aws.slices_per_array_child` runs as a Batch
+array job over slice ranges and an assembler that depends on it (`batch.py`, docs/aws.md).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mrictl import keys
-from mrictl.backends.aws.batch import BatchService
+from mrictl.backends.aws.batch import BatchService, slices_per_child_setting
 from mrictl.backends.aws.fsx import FsxCopies
 from mrictl.backends.aws.multipart import MIN_PART_SIZE
 from mrictl.backends.aws.queue import RECEIVE_WAIT_SECONDS, UPLOAD_GRACE_SECONDS, AwsJobQueue
@@ -107,7 +108,11 @@ class AwsBackend:
             max_attempts,
             receive_wait_seconds=receive_wait_seconds,
             upload_grace_seconds=upload_grace_seconds,
-            batch=BatchService(clients.client, resources),
+            batch=BatchService(
+                clients.client,
+                resources,
+                slices_per_child=slices_per_child_setting(settings.slices_per_array_child),
+            ),
         )
         share = resources.results_share_arn or recorded_results_share(settings.stack_prefix)
         self.refresher: CacheRefresher | None = None
