@@ -98,7 +98,8 @@ def upload(
             ExitCode.USAGE,
         )
     mib = float(1 << 20)
-    with output.progress("upload (MiB)", total=None) as update:
+    # 0, not None, until the package's size is known: the bar's count column cannot show None.
+    with output.progress("upload (MiB)", total=0) as update:
 
         def started(size: int, already: int) -> None:
             update(total=size / mib, completed=0)

@@ -226,6 +226,22 @@ def test_an_unknown_upload_id_starts_over(store, tmp_path):
     assert_stored(store, path, tmp_path)
 
 
+def test_a_damaged_record_starts_over(tmp_path):
+    url = SessionMoto.endpoint()
+    reset_moto(url)
+    store = store_on(client("s3", url), tmp_path)
+    path = scan_file(tmp_path / "scan.tar")
+    interrupted_upload(store, path)
+    [record_path] = list(store.resume_records.directory.glob("*.json"))
+    record = json.loads(record_path.read_text())
+    record["parts"]["1"] = {"size": "5 MiB"}
+    record_path.write_text(json.dumps(record))
+    with parts_sent(store.s3) as sent:
+        store.put_file(KEY, path, metadata=METADATA)
+    assert sent == [1, 2, 3, 4]
+    assert_stored(store, path, tmp_path)
+
+
 def test_another_keys_upload_id_starts_over_on_seaweedfs(seaweedfs_s3, tmp_path):
     """Not on moto: it lists any upload's parts under any key (S3 says NoSuchUpload)."""
     store = store_on(seaweedfs_s3, tmp_path)
@@ -350,3 +366,22 @@ def test_a_staged_package_of_the_same_scan_read_another_way_is_written_anew(tmp_
         member = archive.extractfile(MANIFEST_NAME)
         assert member is not None and member.read() == expected
     assert not staging.exists()
+
+
+def test_a_permanent_refusal_aborts_the_upload_and_forgets_it(tmp_path):
+    """The bucket went away between the cut and the next put: S3 answers NoSuchBucket (404),
+    which no retry changes. On moto (seaweedfs will not delete a bucket holding an upload)."""
+    url = SessionMoto.endpoint()
+    reset_moto(url)
+    store = store_on(client("s3", url), tmp_path)
+    path = scan_file(tmp_path / "scan.tar")
+    interrupted_upload(store, path)
+    bucket = store.resources.raw_bucket
+    for upload in store.s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        store.s3.abort_multipart_upload(Bucket=bucket, Key=KEY, UploadId=upload["UploadId"])
+    store.s3.delete_bucket(Bucket=bucket)
+    with pytest.raises(
+        BackendError, match=r"put refused \(upload aborted\): S3 error \(NoSuchBucket\)"
+    ):
+        store.put_file(KEY, path, metadata=METADATA)
+    assert records(store) == []

@@ -168,7 +168,7 @@ class ResumeRecords:
             return None
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(record, dict) and record.get("version") == RECORD_VERSION:
+            if _well_formed(record):
                 return record
         except (OSError, ValueError, UnicodeDecodeError):
             pass
@@ -205,6 +205,24 @@ class ResumeRecords:
                     path.unlink()
 
 
+def _well_formed(record: Any) -> bool:
+    """Whether a loaded record has this version's shape (a damaged one is started over)."""
+    if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
+        return False
+    parts = record.get("parts")
+    return (
+        isinstance(record.get("upload_id"), str)
+        and isinstance(parts, dict)
+        and all(
+            isinstance(part, dict)
+            and isinstance(part.get("size"), int)
+            and isinstance(part.get("etag"), str)
+            and isinstance(part.get("checksum"), str)
+            for part in parts.values()
+        )
+    )
+
+
 class ResumableUpload:
     """One put of `local` under `bucket`/`key`, resuming the recorded upload if S3 holds it."""
 
@@ -235,34 +253,36 @@ class ResumableUpload:
             self._send(progress, started, resume=False)
 
     def _send(self, progress: Progress | None, started: Started | None, *, resume: bool) -> None:
-        record, held = self._resumed() if resume else (None, {})
-        if record is None:
-            record = self._create()
-        already = sum(part["size"] for part in held.values())
-        if started is not None:
-            started(self.local.size, already)
-        if progress is not None and already:
-            progress(already)
-        parts = dict(held)
+        upload_id = ""
         try:
+            record, held = self._resumed() if resume else (None, {})
+            if record is None:
+                record = self._create()
+            upload_id = str(record["upload_id"])
+            already = sum(part["size"] for part in held.values())
+            if started is not None:
+                started(self.local.size, already)
+            if progress is not None and already:
+                progress(already)
+            parts = dict(held)
             with self.local.path.open("rb") as stream:
                 for number in range(1, len(self.local.part_sha256s) + 1):
                     if number in parts:
                         continue
-                    parts[number] = self._upload_part(record, number, stream)
+                    parts[number] = self._upload_part(upload_id, number, stream)
                     record["parts"][str(number)] = parts[number]
                     self.records.save(self.record_path, record)
                     if progress is not None:
                         progress(parts[number]["size"])
-            self._complete(record["upload_id"], parts)
+            self._complete(upload_id, parts)
         except FileChangedError:
-            self._abort(record["upload_id"])
+            self._abort(upload_id)
             raise
         except ClientError as error:
             if error_code(error) in GONE_CODES:
                 raise UploadGoneError from None
             if is_permanent(error):
-                self._abort(record["upload_id"])
+                self._abort(upload_id)
                 raise PermanentUploadError(error) from None
             raise
         self.records.delete(self.record_path)
@@ -338,7 +358,7 @@ class ResumableUpload:
         self.records.save(self.record_path, record)
         return record
 
-    def _upload_part(self, record: Mapping[str, Any], number: int, stream: Any) -> dict[str, Any]:
+    def _upload_part(self, upload_id: str, number: int, stream: Any) -> dict[str, Any]:
         offset, length = self.local.part_range(number)
         stream.seek(offset)
         body = stream.read(length)
@@ -349,7 +369,7 @@ class ResumableUpload:
         response = self.s3.upload_part(
             Bucket=self.bucket,
             Key=self.key,
-            UploadId=record["upload_id"],
+            UploadId=upload_id,
             PartNumber=number,
             Body=body,
             ChecksumAlgorithm="SHA256",

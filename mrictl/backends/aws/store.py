@@ -46,6 +46,7 @@ from mrictl.backends.aws.multipart import (
     ResumableUpload,
     ResumeRecords,
     Started,
+    UploadGoneError,
     hash_file,
     part_size_for,
 )
@@ -226,6 +227,10 @@ class S3ObjectStore:
         except FileChangedError:
             raise BackendError(
                 f"{key}: {path.name} changed while it was stored; nothing kept"
+            ) from None
+        except UploadGoneError:  # twice in one put: S3 dropped the fresh upload too
+            raise BackendError(
+                f"{key}: put failed: S3 no longer holds the upload; put the same file again"
             ) from None
         except PermanentUploadError as refused:
             raise backend_error(f"{key}: put refused (upload aborted)", refused.error) from None
