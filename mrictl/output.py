@@ -105,6 +105,7 @@ class Output:
         # Here, not at the top: only commands that compute draw bars, and startup is shorter.
         from rich.progress import (
             BarColumn,
+            MofNCompleteColumn,
             Progress,
             TextColumn,
             TimeElapsedColumn,
@@ -114,7 +115,7 @@ class Output:
         columns = (
             TextColumn("{task.description}"),
             BarColumn(),
-            TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+            MofNCompleteColumn(),  # "3/?" while the total is unknown (None)
             TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
