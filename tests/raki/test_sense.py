@@ -14,11 +14,13 @@ from raki.methods import reconstruct
 from raki.metrics import nmse
 from raki.phantom import coil_sensitivities, simulate_scan
 from raki.sense import (
+    L1_WEIGHT_SCALE,
     SenseOperator,
     automatic_weight,
     cg_sense,
     coil_kspace,
     l1_wavelet_sense,
+    p_shrink,
     reconstruct_sense,
     shifted_threshold,
     soft_threshold,
@@ -124,7 +126,26 @@ def test_a_shifted_threshold_moves_the_grid_and_not_the_image():
     assert not torch.allclose(shifted_threshold(transform, image, threshold, (1, 0)), unshifted)
 
 
-def test_two_grids_per_iteration_beat_one_on_a_noisy_phantom(noisy_phantom):
+def test_p_shrinkage_is_soft_thresholding_at_p_1_and_spares_large_coefficients_below():
+    values = torch.tensor([0.5, -2.0, 3j, 10.0 + 0j, 0.0], dtype=torch.complex64)
+    soft = torch.tensor([0.0, -1.0, 2j, 9.0, 0.0], dtype=torch.complex64)
+    assert torch.allclose(p_shrink(values, 1.0, 1.0), soft)
+    assert torch.allclose(soft_threshold(values, 1.0), soft)
+    half = p_shrink(values, 1.0, 0.5)
+    # |v| - T^1.5 |v|^-0.5: zero below the threshold, phase kept, large values nearly kept.
+    expected = [0.0, -(2.0 - 2.0**-0.5), 1j * (3.0 - 3.0**-0.5), 10.0 - 10.0**-0.5, 0.0]
+    assert torch.allclose(half, torch.tensor(expected, dtype=torch.complex64))
+    assert torch.all(half.abs() >= soft.abs())
+    with pytest.raises(ValueError, match="p-shrinkage takes p"):
+        l1_wavelet_sense(
+            SenseOperator(torch.ones(1, 1, 8, 8, dtype=torch.complex64), torch.ones(8, dtype=bool)),
+            torch.zeros(1, 8, 8, dtype=torch.complex64),
+            0.1,
+            p=1.5,
+        )
+
+
+def test_two_grids_and_p_shrinkage_beat_one_grid_and_soft_thresholding(noisy_phantom):
     scan = noisy_phantom.undersampled(4, 16)
     acs = scan.acs_kspace()[0]
     maps = espirit_maps(acs, scan.matrix)
@@ -133,11 +154,15 @@ def test_two_grids_per_iteration_beat_one_on_a_noisy_phantom(noisy_phantom):
     lam = automatic_weight("l1-wavelet", maps, acs)
     reference = rss_image(noisy_phantom.kspace)
 
-    def error(**options) -> float:
-        image, _ = l1_wavelet_sense(operator, measured, lam, **options)
+    def error(weight: float = lam, **options) -> float:
+        image, _ = l1_wavelet_sense(operator, measured, weight, **options)
         return nmse(reference, rss_image(coil_kspace(operator, image, measured).numpy()[None]))
 
-    assert error(spins=2) < error(spins=1)
+    assert error(spins=2, p=1.0) < error(spins=1, p=1.0)
+    # The default (two grids, p = 1/2 at its weight) against soft thresholding on one grid at
+    # the weight it had (0.18 sigma instead of 0.6 sigma).
+    soft_weight = lam * 0.18 / L1_WEIGHT_SCALE
+    assert error() < 0.9 * error(soft_weight, spins=1, p=1.0)
     # Without shifts every grid is the same: spins change nothing.
     assert error(shifts=False, spins=3) == pytest.approx(error(shifts=False, spins=1), rel=1e-6)
     with pytest.raises(ValueError, match="at least one grid"):
