@@ -56,12 +56,12 @@ CG_ITERATIONS = 50
 # With cycle spinning, 50 FISTA iterations scored as well as 100 and 200 on the brain files
 # and a phantom (docs/benchmarks.md), in half the time.
 FISTA_ITERATIONS = 50
-# Shifted wavelet grids averaged per FISTA iteration. Two: 0.94-0.99x the NMSE of one on 14
+# Shifted wavelet grids averaged per FISTA iteration. Two: 0.94-1.00x the NMSE of one on 17
 # cases of the grid (noisy and clean, docs/benchmarks.md "cs, noisy cases"), worse on none, for
-# about +0.45 s per 16-coil 320 x 320 slice at one thread; four gained 0.87-0.99x but cost
-# +1.5 s, outside issue 16's time budget. Fewer iterations to pay for them lost up to 2.5x on
-# high-SNR cases, where FISTA converges slowly; averaging the last iterates instead (free)
-# lost 1.5x on the SNR-50 phantom for the same reason.
+# about +0.45 s per 16-coil 320 x 320 slice at one thread; four gained 0.92-1.00x but cost
+# +1.5 s, outside issue 16's time budget. Fewer iterations to pay for them lost 2.5-4.8x on
+# the SNR-50 phantom, where FISTA converges slowly; averaging the last iterates instead (free)
+# lost 1.5x there for the same reason.
 CYCLE_SPINS = 2
 # p of the p-shrinkage (1: soft thresholding, the L1 norm). With its weight (below), measured
 # on 17 cases (docs/benchmarks.md "cs, noisy cases"): 0.45-0.99x the NMSE of soft
