@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from raki.errors import InvalidScanError
+from raki.errors import InvalidScanError, RakiError
 from raki.espirit import DEFAULT_KERNEL_WIDTH, espirit_maps
 from raki.grappa import DEFAULT_KERNEL_SIZE, fit_grappa, reconstruct_grappa
 from raki.method_names import AUTO_CANDIDATES
@@ -267,11 +267,21 @@ def select_method(
     }
     errors: dict[str, float] = {}
     seconds: dict[str, float] = {}
+    unscored: dict[str, str] = {}
     for name in able:
         began = time.perf_counter()
-        errors[name] = held_out_error(predictors[name](), test_scan.kspace, split.held_out)
+        try:
+            errors[name] = held_out_error(predictors[name](), test_scan.kspace, split.held_out)
+        except RakiError as error:
+            # E.g. GRAPPA on a mask whose spacing varies (fastMRI's): its kernels, fitted for
+            # the scan's own gaps, have no weights for the test's. Not scored, not chosen.
+            unscored[name] = " ".join(str(error).split())
         seconds[name] = time.perf_counter() - began
-    best = choose(errors, able)
+    scored = [name for name in able if name in errors]
+    reason = "; ".join(f"{name} not scored: {why}" for name, why in unscored.items()) or None
+    if not scored:
+        return _fallback(able, f"no held-out test: {reason}; {able[0]} by preference", started)
+    best = choose(errors, scored)
     return MethodSelection(
         best,
         RULE,
@@ -279,6 +289,6 @@ def select_method(
         time.perf_counter() - started,
         chosen,
         int(split.held_out.size),
-        None,
+        reason,
         seconds,
     )

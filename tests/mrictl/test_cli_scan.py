@@ -40,9 +40,10 @@ def test_undersample_reports_r_and_acs_when_read_back(tmp_path):
     assert not info["fully_sampled"]
 
 
-def test_fastmri_spacing_makes_a_mask_that_recon_run_fills_with_grappa(tmp_path):
+def test_fastmri_spacing_makes_a_mask_that_recon_run_fills(tmp_path):
     """fastMRI's masks keep 1/R of all lines, the ACS included, so the outer gaps are wider than
-    R and vary; the default method cannot train its lattice networks there and says so."""
+    R and vary: GRAPPA's kernels, fitted for those gaps, cannot take the held-out test's, so
+    the default (auto) scores cs alone, says why, and reconstructs."""
     full, under = tmp_path / "full.h5", tmp_path / "fastmri.h5"
     assert invoke("scan", "simulate", "--out", str(full), "--matrix", "64x96").exit_code == 0
     done = invoke(
@@ -74,8 +75,14 @@ def test_fastmri_spacing_makes_a_mask_that_recon_run_fills_with_grappa(tmp_path)
     )
     assert recon.exit_code == 0, recon.stderr
     document = recon.json()
-    assert document["method"] == "grappa" and "equispaced" in document["fallback"]
+    selection = document["selection"]
+    assert document["method"] == selection["method"] == "cs"
+    assert list(selection["candidates"]) == ["cs"]
+    assert "grappa not scored: GRAPPA kernel has no weights" in selection["reason"]
     assert document["metrics"]["ssim"] > 0.9
+    named = invoke("recon", "run", str(under), "--method", "grappa", "--reference", str(full),
+                   "--out", str(tmp_path / "g.h5"), "--json")  # fmt: skip
+    assert named.exit_code == 0 and named.json()["metrics"]["ssim"] > 0.9, named.stderr
 
 
 def test_convert_to_mrd_and_back_keeps_the_kspace(tmp_path):
