@@ -47,7 +47,8 @@ class ReconOptions:
     # TrainingConfig fields to change (`training_config`); "faithful": True starts from
     # the paper's configuration.
     training: dict[str, Any] = field(default_factory=dict)
-    # How "cs" runs, alone or chosen by "auto": "l1-wavelet" or "tikhonov"; its weight on the
+    # How "cs" runs, alone or chosen by "auto": "wavelet" (the default),
+    # "l1-wavelet" or "tikhonov"; its weight on the
     # k-space's scale (None: chosen per slice from the ACS noise level).
     cs_regularizer: str | None = None
     cs_weight: float | None = None

@@ -13,4 +13,6 @@ AUTO_CANDIDATES = ("cs", "grappa")
 # The methods whose networks are trained on the ACS (`raki.train`).
 NEURAL_METHODS = ("raki", "rraki")
 # The regularisers of "cs" (`raki.sense`): L1-wavelet compressed sensing, Tikhonov CG-SENSE.
-CS_REGULARIZERS = ("l1-wavelet", "tikhonov")
+# "wavelet": wavelet sparsity by p-shrinkage (p = 1/2, the default: `raki.sense`);
+# "l1-wavelet": the classic L1 norm (soft thresholding, as BART's pics -R W); "tikhonov": CG-SENSE.
+CS_REGULARIZERS = ("wavelet", "l1-wavelet", "tikhonov")

@@ -19,9 +19,10 @@ The one entry point every caller (CLI, workers, benchmarks) uses. Methods:
   on the central slice (`raki.selection`); the choice, each candidate's held-out error and
   the time it took are in `ReconResult.selection`.
 - "grappa": `raki.grappa`; "zerofill": the floor.
-- "cs": regularised SENSE with ESPIRiT maps (`raki.espirit`, `raki.sense`): L1-wavelet
-  compressed sensing by default, Tikhonov CG-SENSE on request, the weight chosen per slice
-  from the ACS noise level; the image brought back to coil k-space through the maps.
+- "cs": regularised SENSE with ESPIRiT maps (`raki.espirit`, `raki.sense`): wavelet
+  compressed sensing by default (p-shrinkage; the classic L1 as "l1-wavelet"), Tikhonov
+  CG-SENSE on request, the weight chosen per slice from the ACS noise level; the image
+  brought back to coil k-space through the maps.
 - "ssdu": zero-shot self-supervised SSDU (Yaman et al., ICLR 2022; `raki.zero_shot`,
   `raki.unrolled`): a small unrolled network (residual CNN + CG-SENSE with the ESPIRiT maps)
   trained on the scan's own acquired samples, started from cs; opt-in (docs/benchmarks.md,
@@ -274,9 +275,9 @@ def reconstruct(
 
     For "raki" and "rraki", `weights` from `train_scan` (or `RakiWeights.load`) are applied
     instead of training, after checking that they fit; for "grappa" a saved GRAPPA kernel may be
-    passed the same way. For "cs", `regularizer` is "l1-wavelet" or "tikhonov", `cs_weight`
-    (None: automatic) its weight on the k-space's scale and `iterations` caps the solver's;
-    "auto" passes them on to cs, in its test as in the reconstruction.
+    passed the same way. For "cs", `regularizer` is "wavelet", "l1-wavelet" or "tikhonov",
+    `cs_weight` (None: automatic) its weight on the k-space's scale and `iterations` caps the
+    solver's; "auto" passes them on to cs, in its test as in the reconstruction.
     """
     if method not in METHODS:
         raise InvalidScanError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

@@ -1,4 +1,4 @@
-"""Regularised SENSE with ESPIRiT maps: Tikhonov CG-SENSE and L1-wavelet compressed sensing.
+"""Regularised SENSE with ESPIRiT maps: Tikhonov CG-SENSE and wavelet compressed sensing.
 
 The forward model of one slice (Pruessmann et al., MRM 46:638-651, 2001; with ESPIRiT's map
 sets, Uecker et al., MRM 71:990-1001, 2014) takes an image of one component per map set,
@@ -11,15 +11,16 @@ sampling mask. Two estimates of x:
 
 - Tikhonov ("CG-SENSE"): argmin ||A x - y||^2 + lambda ||x||^2, by conjugate gradients on
   (A^H A + lambda I) x = A^H y.
-- Wavelet sparsity ("l1-wavelet"; Lustig et al., MRM 58:1182-1195, 2007): argmin 1/2
+- Wavelet sparsity ("wavelet", the default; Lustig et al., MRM 58:1182-1195, 2007): argmin 1/2
   ||A x - y||^2 + lambda R(W x) over the detail coefficients of an orthogonal Daubechies
   wavelet W (`raki.wavelet`), by FISTA (Beck and Teboulle, SIAM J Imaging Sci 2:183-202,
   2009). R is the penalty whose proximal map is Chartrand's p-shrinkage with p = 1/2
   (`SHRINKAGE_P`; Chartrand, "Fast algorithms for nonconvex compressive sensing: MRI
   reconstruction from very few data", ISBI 2009, and "Shrinkage mappings and their induced
   penalty functions", ICASSP 2014): it shrinks large coefficients less than soft
-  thresholding does (p = 1, the L1 norm, as BART's `pics -R W`), so that edges keep their
-  contrast while noise-sized coefficients go. At each
+  thresholding does (p = 1, the L1 norm, as BART's `pics -R W`: "l1-wavelet" here, at its
+  own measured weight), so that edges keep their contrast while noise-sized coefficients go.
+  At each
   voxel the maps of the sets are orthonormal (eigenvectors of one Hermitian matrix) or zero,
   so ||A^H A|| <= 1 and the gradient step is 1. Every iteration thresholds the wavelet
   coefficients on `CYCLE_SPINS` randomly shifted grids and averages the results: a few terms
@@ -50,7 +51,7 @@ from raki.scan import Scan
 from raki.wavelet import Wavelet2d
 
 REGULARIZERS = CS_REGULARIZERS
-DEFAULT_REGULARIZER = "l1-wavelet"
+DEFAULT_REGULARIZER = "wavelet"
 DEFAULT_WAVELET = "db2"
 CG_ITERATIONS = 50
 # With cycle spinning, 50 FISTA iterations scored as well as 100 and 200 on the brain files
@@ -78,6 +79,7 @@ DEFAULT_TOLERANCE = 1e-4
 # every case beat soft thresholding; at 0.5 a 16-coil SNR-50 phantom lost 10%, at 0.7 the
 # clean 96 x 96 brain at R = 5 lost 5% (it wants less; noisy and 8-coil cases want more).
 L1_WEIGHT_SCALE = 0.6
+SOFT_WEIGHT_SCALE = 0.18  # "l1-wavelet": soft thresholding at the scale measured for it
 TIKHONOV_WEIGHT_SCALE = 4.0
 
 
@@ -271,7 +273,11 @@ def shifted_threshold(
 
 
 Solver = Callable[..., tuple[torch.Tensor, int]]
-SOLVERS: dict[str, Solver] = {"l1-wavelet": l1_wavelet_sense, "tikhonov": cg_sense}
+SOLVERS: dict[str, Solver] = {
+    "wavelet": l1_wavelet_sense,
+    "l1-wavelet": functools.partial(l1_wavelet_sense, p=1.0),
+    "tikhonov": cg_sense,
+}
 
 
 def solver_for(regularizer: str) -> Solver:
@@ -300,8 +306,10 @@ def automatic_weight(regularizer: str, maps: EspiritMaps, acs: np.ndarray) -> fl
     """
     solver_for(regularizer)
     sigma = maps.noise_level
-    if regularizer == "l1-wavelet":
+    if regularizer == "wavelet":
         return L1_WEIGHT_SCALE * sigma
+    if regularizer == "l1-wavelet":
+        return SOFT_WEIGHT_SCALE * sigma
     voxels = maps.maps.shape[-2] * maps.maps.shape[-1]
     power = float(np.sum(np.abs(acs) ** 2)) / voxels
     return TIKHONOV_WEIGHT_SCALE * sigma**2 / power if power > 0 else 0.0
@@ -359,7 +367,7 @@ def reconstruct_sense(
         np.empty_like(scan.kspace), regularizer, [], [], [], [], automatic=weight is None
     )
     options = {} if iterations is None else {"iterations": int(iterations)}
-    if regularizer == "l1-wavelet":
+    if regularizer != "tikhonov":
         options["wavelet"] = wavelet
     for index in range(scan.num_slices):
         started = time.perf_counter()

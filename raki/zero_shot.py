@@ -185,7 +185,7 @@ def _start(
 ) -> torch.Tensor:
     options = {} if config.start_iterations is None else {"iterations": config.start_iterations}
     if config.start == "cs":
-        image, _ = l1_wavelet_sense(operator, measured, weights["l1-wavelet"], **options)
+        image, _ = l1_wavelet_sense(operator, measured, weights["wavelet"], **options)
     else:
         image, _ = cg_sense(operator, measured, weights["tikhonov"], **options)
     return image
@@ -206,7 +206,7 @@ def train_slice(
     rng = np.random.default_rng(config.seed)
     split = split_samples(acquired, config, rng)
     maps_tensor = torch.as_tensor(maps.maps, device=device)
-    weights = {name: automatic_weight(name, maps, acs) for name in ("l1-wavelet", "tikhonov")}
+    weights = {name: automatic_weight(name, maps, acs) for name in ("wavelet", "tikhonov")}
     raw = torch.as_tensor(np.ascontiguousarray(kspace, dtype=np.complex64), device=device)
     full = _operator(maps_tensor, split.acquired, device)
     full_start = _start(full, raw, config, weights)

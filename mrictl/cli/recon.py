@@ -31,8 +31,9 @@ CsRegularizerOption = Annotated[
     str | None,
     typer.Option(
         "--cs-regularizer",
-        help=f"cs (also when auto picks it): {' or '.join(CS_REGULARIZERS)} "
-        f"(default {CS_REGULARIZERS[0]}).",
+        help=f"cs (also when auto picks it): {', '.join(CS_REGULARIZERS)} (default "
+        f"{CS_REGULARIZERS[0]}: wavelet sparsity by p-shrinkage; l1-wavelet: the classic L1, "
+        "as BART's pics -R W; tikhonov: CG-SENSE).",
     ),
 ]
 CsWeightOption = Annotated[

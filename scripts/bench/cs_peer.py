@@ -252,7 +252,7 @@ def solver_choices(folder: Path) -> list[dict[str, object]]:
             start = time.perf_counter()
             maps = espirit_maps(acs, scan.matrix, **map_options)
             operator = SenseOperator.build(maps.maps, scan.sampled)
-            weight = automatic_weight("l1-wavelet", maps, acs)
+            weight = automatic_weight("wavelet", maps, acs)
             image, _ = l1_wavelet_sense(operator, measured, weight, **solver_options)
             filled = coil_kspace(operator, image, measured).numpy()[None]
             seconds = time.perf_counter() - start
@@ -304,7 +304,7 @@ def bart_best(scan: Scan, reference: np.ndarray) -> dict[str, object]:
 
 
 def cs_oracle(scan: Scan, reference: np.ndarray, regularizer: str, automatic: float) -> dict:
-    factors = L1_FACTORS if regularizer == "l1-wavelet" else TIKHONOV_FACTORS
+    factors = L1_FACTORS if regularizer != "tikhonov" else TIKHONOV_FACTORS
     sweep = {}
     for factor in factors:
         result = reconstruct_sense(scan, regularizer, weight=automatic * factor)
@@ -319,7 +319,7 @@ def run_case(full: Scan, acceleration: int, acs_lines: int, peers: bool) -> dict
     rows: dict[str, object] = {"zerofill": score(reference, scan.kspace)}
     grappa, seconds = timed(lambda: reconstruct(scan, "grappa").kspace)
     rows["grappa"] = {**score(reference, grappa), "seconds": seconds}
-    for regularizer, label in (("l1-wavelet", "cs"), ("tikhonov", "cs_tikhonov")):
+    for regularizer, label in (("wavelet", "cs"), ("tikhonov", "cs_tikhonov")):
         result, seconds = timed(lambda r=regularizer: reconstruct_sense(scan, r, device="cpu"))
         rows[label] = {
             **score(reference, result.kspace),

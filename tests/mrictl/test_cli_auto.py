@@ -93,14 +93,14 @@ def test_cs_regularizer_and_weight_are_honoured(tmp_path, full_scan):
         str(tmp_path / "l1.h5"),
         "--json",
     ).json()
-    assert automatic["cs"]["regularizer"] == "l1-wavelet"
+    assert automatic["cs"]["regularizer"] == "wavelet"
     assert automatic["cs"]["weight_rule"] == "automatic"
 
 
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (("--cs-regularizer", "tv"), "unknown cs regularizer 'tv'; choose one of l1-wavelet, "),
+        (("--cs-regularizer", "tv"), "unknown cs regularizer 'tv'; choose one of wavelet, "),
         (("--cs-weight", "-1"), "--cs-weight must be >= 0"),
         (("--method", "grappa", "--cs-regularizer", "tikhonov"), "apply to cs and auto only"),
     ],

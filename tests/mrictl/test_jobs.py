@@ -226,7 +226,7 @@ def test_a_queued_job_records_the_choice_and_honours_the_cs_settings(backend, tm
         assert final["selection"] is None
         fetched = jobs.fetch(backend, final["job_id"], tmp_path / name)
         result = json.loads(next(p for p in fetched if p.name == "result.json").read_text())
-        assert result["cs"]["regularizer"] == ("tikhonov" if name == "tikhonov" else "l1-wavelet")
+        assert result["cs"]["regularizer"] == ("tikhonov" if name == "tikhonov" else "wavelet")
         images[name] = read_reconstruction(next(p for p in fetched if p.suffix == ".h5"))[0]
     assert not (images["tikhonov"] == images["l1"]).all()
 

@@ -15,6 +15,7 @@ from raki.metrics import nmse
 from raki.phantom import coil_sensitivities, simulate_scan
 from raki.sense import (
     L1_WEIGHT_SCALE,
+    SOFT_WEIGHT_SCALE,
     SenseOperator,
     automatic_weight,
     cg_sense,
@@ -151,7 +152,7 @@ def test_two_grids_and_p_shrinkage_beat_one_grid_and_soft_thresholding(noisy_pha
     maps = espirit_maps(acs, scan.matrix)
     operator = SenseOperator.build(maps.maps, scan.sampled)
     measured = torch.from_numpy(scan.kspace[0])
-    lam = automatic_weight("l1-wavelet", maps, acs)
+    lam = automatic_weight("wavelet", maps, acs)
     reference = rss_image(noisy_phantom.kspace)
 
     def error(weight: float = lam, **options) -> float:
@@ -175,7 +176,7 @@ def test_cs_is_a_method_with_timings_and_details(noisy_phantom):
     assert result.method == "cs"
     assert result.image.shape == (1, 64, 48)
     assert {"maps_s", "solve_s", "total_s"} <= set(result.timings)
-    assert result.details["regularizer"] == "l1-wavelet"
+    assert result.details["regularizer"] == "wavelet"
     assert result.details["weight_rule"] == "automatic"
     assert result.details["iterations"] == [20]
     tikhonov = reconstruct(scan, "cs", device="cpu", regularizer="tikhonov")
@@ -204,3 +205,19 @@ def test_real_brains_at_r4_beat_grappa(shared_data, name, acs_lines, map_sets):
     assert cs.details["map_sets"] == map_sets
     # Measured 0.4x and 0.35x GRAPPA's NMSE (docs/benchmarks.md).
     assert nmse(reference, cs.image) < 0.6 * nmse(reference, reconstruct(scan, "grappa").image)
+
+
+def test_l1_wavelet_is_soft_thresholding_at_its_own_weight(noisy_phantom):
+    """The classic L1 (BART's pics -R W) stays available beside the default p-shrinkage."""
+    scan = noisy_phantom.undersampled(3, 16)
+    acs = scan.acs_kspace()[0]
+    maps = espirit_maps(acs, scan.matrix)
+    wavelet, l1 = (automatic_weight(name, maps, acs) for name in ("wavelet", "l1-wavelet"))
+    assert l1 / wavelet == pytest.approx(SOFT_WEIGHT_SCALE / L1_WEIGHT_SCALE)
+    classic = reconstruct_sense(scan, "l1-wavelet", iterations=10)
+    operator = SenseOperator.build(maps.maps, scan.sampled)
+    measured = torch.from_numpy(scan.kspace[0])
+    image, _ = l1_wavelet_sense(operator, measured, l1, iterations=10, p=1.0)
+    expected = coil_kspace(operator, image, measured).numpy()
+    np.testing.assert_allclose(classic.kspace[0], expected, atol=1e-5 * np.abs(expected).max())
+    assert classic.regularizer == "l1-wavelet"
