@@ -16,6 +16,10 @@ before it starts: a restart mid-upload uploads again, which the content-derived 
 the upload's idempotency key make a no-op (one package, one job). Entries are named in the
 state file and the events by a hash of their name ("entry-..."), then by their scan id: an
 export's file names may name a patient.
+
+A job awaited for long says why: `job-waiting` events (after a minute, then on each change of
+its state or waiting reason and every few minutes), and with a job timeout `job-timed-out`, which
+leaves the scan awaited in the state file (a restart waits again; nothing is uploaded twice).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mrictl.backends.base import Backend, JobState, NotFoundError, WorkerProcesses
+from mrictl.backends.base import Backend, Job, JobState, NotFoundError, WorkerProcesses
 from mrictl.errors import ExitCode, MrictlError
 from mrictl.pacs import DEFAULT_BACKOFF_S, DEFAULT_RETRIES, PacsError, PacsNode
 from mrictl.partial_files import partial_name, remove_stale_partials
@@ -50,6 +54,10 @@ DELIVERING = "delivering"  # the job succeeded; fetching and/or delivering its s
 DONE = "done"  # everything asked for was done
 FAILED = "failed"  # the scan cannot be read, or its job failed: not tried again until it changes
 IN_FLIGHT = (WAITING, DELIVERING)
+
+# How often the backend is asked why a job waits (on aws: AWS Batch's DescribeJobs and the
+# queue's compute environments, which throttle), at most.
+REASON_CHECK_SECONDS = 30.0
 
 Event = dict[str, Any]
 
@@ -71,6 +79,10 @@ class WatchOptions:
     worker_arguments: Sequence[str] = ()  # `mrictl worker run` flags for them
     once: bool = False  # one pass: carry every complete scan through, then return
     retry_seconds: float = 60.0  # before a delivery or upload that failed for now is retried
+    job_timeout: float | None = None  # seconds this run waits for a scan's job; None: no limit
+    # A job awaited this long is reported (job-waiting), then on change and at least this often.
+    waiting_first_report_seconds: float = 60.0
+    waiting_report_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         if (self.pacs is not None or self.fetch_to is not None) and not self.recon:
@@ -83,6 +95,8 @@ class WatchOptions:
         given = [name for name, value in self.recon_options.items() if value is not None]
         if not self.recon and set(given) - {"device"}:
             raise MrictlError("--accel, --acs and --iterations go with --recon", ExitCode.USAGE)
+        if self.job_timeout is not None and not self.recon:
+            raise MrictlError("--job-timeout goes with --recon", ExitCode.USAGE)
 
 
 @dataclass(frozen=True)
@@ -177,6 +191,18 @@ class ScanRecord:
     error: str | None = None
     updated_at: float = 0.0
     retry_at: float = 0.0  # POSIX seconds; a failure for now waits until then
+
+
+@dataclass
+class JobWait:
+    """This run's wait for one scan's job: since when, and what it last reported of it."""
+
+    since: float  # time.monotonic() when this run began waiting
+    reason: str | None = None  # the job record's waiting_reason, as last asked
+    asked_at: float | None = None
+    reported: tuple[str, str, str | None] | None = None  # (final job id, its state, reason)
+    reported_at: float | None = None
+    timed_out: bool = False
 
 
 class WatchState:
@@ -302,6 +328,7 @@ class Watcher:
         self._seen: dict[str, tuple[str, float, int]] = {}  # key -> signature, since, polls
         self._views: dict[str, EntryView] = {}
         self._given_up: set[str] = set()  # --once: in-flight scans left for the next run
+        self._waits: dict[str, JobWait] = {}  # key -> this run's wait for its job
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -432,6 +459,8 @@ class Watcher:
         if key not in self._views and record.state in (DONE, FAILED, UPLOADING):
             self.state.drop(key)  # gone from the folder: nothing more to do for it
             return
+        if record.state == WAITING and key in self._given_up:
+            return  # --once timed out waiting for it: the next run resumes it
         if record.state == WAITING:
             self._follow_job(key, record)
         elif record.state == DELIVERING and record.retry_at <= time.time():
@@ -448,7 +477,9 @@ class Watcher:
             return
         if not job.state.is_final:
             self.start_workers()
+            self._still_waiting(key, job)
             return
+        self._waits.pop(key, None)
         if job.state is not JobState.SUCCEEDED:
             self._note_problem(ExitCode.JOB_FAILED)
             self._finish(key, record, FAILED, f"job {job.job_id} {job.state.value}")
@@ -459,6 +490,50 @@ class Watcher:
             return
         record = self.state.put(key, replace(record, state=DELIVERING))
         self._deliver(key, record)
+
+    def _still_waiting(self, key: str, job: Job) -> None:
+        """Say why a job waits, once it has waited a while; give up on it at the job timeout
+        (the scan stays `waiting`: a later run or a later poll carries it on)."""
+        options = self.options
+        now = time.monotonic()
+        wait = self._waits.setdefault(key, JobWait(since=now))
+        waited = now - wait.since
+        timing_out = (
+            options.job_timeout is not None and waited >= options.job_timeout and not wait.timed_out
+        )
+        if waited < options.waiting_first_report_seconds and not timing_out:
+            return
+        check_every = min(REASON_CHECK_SECONDS, options.waiting_report_seconds)
+        if timing_out or wait.asked_at is None or now - wait.asked_at >= check_every:
+            wait.reason, wait.asked_at = self._waiting_reason(job), now
+        said = (job.job_id, job.state.value, wait.reason)
+        details = {
+            "final_job_id": job.job_id,
+            "job_state": job.state.value,
+            "waited_s": round(waited, 1),
+            "waiting_reason": wait.reason,
+        }
+        if timing_out:
+            wait.timed_out, wait.reported, wait.reported_at = True, said, now
+            self._note_problem(ExitCode.TIMEOUT)
+            if options.once:
+                self._given_up.add(key)
+            self.emit("job-timed-out", key, job_timeout_s=options.job_timeout, **details)
+            return
+        stale = wait.reported_at is None or now - wait.reported_at >= options.waiting_report_seconds
+        if said != wait.reported or stale:
+            wait.reported, wait.reported_at = said, now
+            self.emit("job-waiting", key, **details)
+
+    def _waiting_reason(self, job: Job) -> str | None:
+        """The job record's `waiting_reason` (`mrictl recon status JOB`): None where the backend
+        has nothing to say (local), AWS Batch's word on aws."""
+        from mrictl.pipeline import jobs
+
+        try:
+            return jobs.status(self.backend, job.job_id)[0]["waiting_reason"]
+        except (MrictlError, OSError) as error:  # asked again at the next check
+            return f"the backend could not be asked why: {' '.join(str(error).split())}"
 
     def _deliver(self, key: str, record: ScanRecord) -> None:
         from mrictl.pipeline import jobs

@@ -37,7 +37,11 @@ def log_line(event: dict[str, Any]) -> str:
     who = event.get("scan_id") or event.get("entry") or "watch"
     words = [event["at"], who, event["event"]]
     words += [f"{name}={event[name]}" for name in ("job_id", "state") if event.get(name)]
-    words += [f"{name}={value}" for name, value in event.items() if name not in _LEAD]
+    words += [
+        f"{name}={value}"
+        for name, value in event.items()
+        if name not in _LEAD and value is not None
+    ]
     return " ".join(str(word) for word in words)
 
 
@@ -83,6 +87,16 @@ def watch(
             "backend with --recon, else 0: the cloud runs them).",
         ),
     ] = None,
+    job_timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--job-timeout",
+            min=0.0,
+            help="Seconds to wait for a scan's job (from when this run began waiting for it): "
+            "then a job-timed-out event, the scan stays awaited (a restart waits again), and "
+            "--once exits 8. Default: wait as long as it takes.",
+        ),
+    ] = None,
     state: Annotated[
         Path | None,
         typer.Option("--state", help="The state file (default: <home>/watch/<hash>.json)."),
@@ -99,7 +113,8 @@ def watch(
 ) -> None:
     """Watch a folder: upload each complete scan once; with --recon, reconstruct it and deliver
     the series (--pacs/--to-pacs, --fetch-to). SIGTERM or Ctrl-C finishes the step in hand and
-    exits 0; --once exits with the first failure's code (0 if none)."""
+    exits 0; --once exits with the first failure's code (0 if none; 8 a job past
+    --job-timeout)."""
     from mrictl.config import load_settings
     from mrictl.watch import WatchOptions, default_state_path, watch_folder
     from mrictl.worker import stop_on_signals
@@ -129,6 +144,7 @@ def watch(
             "--poll-interval=0.5",
         ),
         once=once,
+        job_timeout=job_timeout,
     )
 
     def report(event: dict[str, Any]) -> None:

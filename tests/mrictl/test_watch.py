@@ -19,11 +19,13 @@ import pydicom
 import pytest
 
 from mrictl.backends.local import LocalBackend
+from mrictl.cli.watch import log_line
 from mrictl.errors import ExitCode
 from mrictl.watch import (
     DONE,
     FAILED,
     UPLOADING,
+    WAITING,
     Watcher,
     WatchOptions,
     WatchState,
@@ -319,6 +321,9 @@ def test_watch_refuses_what_it_cannot_do(tmp_path, home, export):
     assert alone.exit_code == ExitCode.USAGE and "--recon" in alone.stderr
     accel = invoke("watch", str(export), "--accel", "2", "--once")
     assert accel.exit_code == ExitCode.USAGE
+    waiting = invoke("watch", str(export), "--job-timeout", "60", "--once")
+    assert waiting.exit_code == ExitCode.USAGE
+    assert "--job-timeout goes with --recon" in waiting.output
     missing = invoke("watch", str(tmp_path / "nowhere"), "--once")
     assert missing.exit_code == ExitCode.NOT_FOUND
     state = tmp_path / "state.json"
@@ -348,3 +353,98 @@ def test_a_killed_writer_of_the_state_leaves_the_last_whole_state(tmp_path, home
     assert state_path.read_text() == whole
     assert len(jobs_and_uploads(home)[1]) == 1
     shutil.rmtree(export)
+
+
+def test_once_gives_up_on_a_job_past_job_timeout_and_a_restart_delivers_it_once(
+    tmp_path, home, export
+):
+    drop_scan(export)
+    quick = ["--once", "--quiet-seconds", "0", "--interval", "0.2", "--json"]
+    started = time.monotonic()
+    # No worker: the job stays queued, as on aws when its Batch job ended without running it.
+    first = run_watch(export, *RECON_FLAGS, *quick, "--workers", "0", "--job-timeout", "1")
+    elapsed = time.monotonic() - started
+    assert first.returncode == ExitCode.TIMEOUT, first.stderr
+    assert elapsed < 30  # the timeout plus start-up (about 1 + 3 s on a loaded 2-core host)
+    events = events_of(first.stdout)
+    (uploaded,) = [e for e in events if e["event"] == "uploaded"]
+    (timed_out,) = [e for e in events if e["event"] == "job-timed-out"]
+    assert timed_out["job_id"] == timed_out["final_job_id"] == uploaded["job_id"]
+    assert timed_out["job_state"] == "queued" and timed_out["state"] == WAITING
+    assert timed_out["waited_s"] >= 1 and timed_out["job_timeout_s"] == 1
+    assert "waiting_reason" in timed_out  # None: the local backend has nothing to say
+    assert "job-timed-out" in first.stderr and "Doe" not in first.stdout + first.stderr
+    state_path = default_state_path(home, export)
+    (record,) = WatchState.load(state_path).records.values()
+    assert (record.state, record.job_id) == (WAITING, uploaded["job_id"])  # still awaited
+
+    with StorageScp(tmp_path / "pacs") as scp:
+        again = run_watch(
+            export, *RECON_FLAGS, *quick, "--to-pacs", scp.address, "--called-aet", SCP_AET,
+        )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    kinds = [e["event"] for e in events_of(again.stdout)]
+    assert kinds == ["started", "job-succeeded", "delivered", "done", "stopped"], kinds
+    assert scp.received and set(scp.received.values()) == {1}  # each instance once
+    jobs, uploads = jobs_and_uploads(home)
+    assert sorted(job.stage for job in jobs) == ["preprocess", "recon"] and len(uploads) == 1
+    assert "Doe" not in again.stdout + again.stderr
+
+
+def awaiting_watcher(tmp_path, home, export, events: list[dict], **options) -> Watcher:
+    """A watcher with --recon and no worker, so that its jobs stay queued."""
+    settings = dict(
+        quiet_seconds=0,
+        interval=0.05,
+        recon=True,
+        method="zerofill",
+        recon_options=RETROSPECTIVE,
+        workers=0,
+        waiting_first_report_seconds=0.2,
+        waiting_report_seconds=0.5,
+    )
+    return Watcher(
+        LocalBackend(home),
+        export,
+        WatchOptions(**{**settings, **options}),
+        WatchState(tmp_path / "state.json"),
+        home=home,
+        on_event=events.append,
+    )
+
+
+def test_a_job_awaited_a_while_is_reported_with_its_waiting_reason(tmp_path, home, export):
+    drop_scan(export)
+    events: list[dict] = []
+    watcher = awaiting_watcher(tmp_path, home, export, events, once=True, job_timeout=1.2)
+    assert watcher.run() == ExitCode.TIMEOUT
+    kinds = [e["event"] for e in events]
+    waiting = [e for e in events if e["event"] == "job-waiting"]
+    # After the first report, only every waiting_report_seconds while nothing changes.
+    assert 2 <= len(waiting) <= 3, kinds
+    assert kinds[-2:] == ["job-timed-out", "stopped"]
+    job_id = waiting[0]["job_id"]
+    for event in waiting:
+        assert (event["final_job_id"], event["job_state"]) == (job_id, "queued")
+        assert event["waiting_reason"] is None and 0.2 <= event["waited_s"] < 1.2
+    assert "waiting_reason" not in log_line(waiting[0])  # nothing to say: not said
+    assert log_line(waiting[0]).split()[1:3] == [waiting[0]["scan_id"], "job-waiting"]
+
+
+def test_the_foreground_loop_goes_on_with_other_scans_after_a_job_timeout(tmp_path, home, export):
+    drop_scan(export, "a.h5")
+    events: list[dict] = []
+    watcher = awaiting_watcher(tmp_path, home, export, events, job_timeout=0.3)
+    thread = threading.Thread(target=watcher.run)
+    thread.start()
+    try:
+        wait_for(lambda: any(e["event"] == "job-timed-out" for e in events), 20, "the timeout")
+        drop_scan(export, "b.h5", seed=1)
+        wait_for(lambda: sum(e["event"] == "uploaded" for e in events) == 2, 20, "scan b")
+        wait_for(lambda: sum(e["event"] == "job-waiting" for e in events) >= 2, 20, "reports")
+    finally:
+        watcher.stop.set()
+        thread.join(timeout=30)
+    timed_out = [e for e in events if e["event"] == "job-timed-out"]
+    assert len({e["entry"] for e in timed_out}) == len(timed_out)  # once per scan and run
+    assert {record.state for record in watcher.state.records.values()} == {WAITING}
