@@ -16,6 +16,7 @@ from pydicom.uid import UID
 from raki.errors import FileFormatError, InvalidScanError
 from raki.io.dicom import MR_IMAGE_STORAGE, write_dicom_series
 from raki.scan import Geometry, Identifiers, Scan
+from tests.mrictl.dicom_nodes import dcmtk_program
 from tests.raki.io.synthetic import real_world
 
 SLICES, READOUT, PHASE = 3, 32, 24
@@ -284,10 +285,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.mark.skipif(
-    shutil.which("storescp") is None or shutil.which("storescu") is None,
-    reason="dcmtk (storescp/storescu) absent",
-)
+# dcmtk's programs, not pynetdicom's Python apps of the same names that its wheel puts into the
+# venv, ahead of dcmtk's on PATH.
+STORESCP, STORESCU = dcmtk_program("storescp"), dcmtk_program("storescu")
+
+
+@pytest.mark.skipif(STORESCP is None or STORESCU is None, reason="dcmtk (storescp/storescu) absent")
 def test_a_storage_scp_accepts_the_series(tmp_path: Path) -> None:
     paths = write_dicom_series(make_image(), make_scan(SAGITTAL), tmp_path / "series")
     received = tmp_path / "received"
@@ -295,7 +298,7 @@ def test_a_storage_scp_accepts_the_series(tmp_path: Path) -> None:
     port = free_port()
     # Accept only MR Image Storage in explicit little endian, as a strict PACS might.
     scp = subprocess.Popen(
-        ["storescp", "-aet", "PACS", "+xe", "-ta", "10", "-od", str(received), str(port)],
+        [str(STORESCP), "-aet", "PACS", "+xe", "-ta", "10", "-od", str(received), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -306,7 +309,7 @@ def test_a_storage_scp_accepts_the_series(tmp_path: Path) -> None:
                     break
             time.sleep(0.1)
         sent = subprocess.run(
-            ["storescu", "-aec", "PACS", "-ta", "10", "127.0.0.1", str(port), *map(str, paths)],
+            [str(STORESCU), "-aec", "PACS", "-ta", "10", "127.0.0.1", str(port), *map(str, paths)],
             capture_output=True,
             text=True,
             timeout=30,
