@@ -58,6 +58,7 @@ from mrictl.infra.stacks import (
     CAPABILITIES,
     DATA_RESOURCE_TYPES,
     INPUTS,
+    LATER_INPUTS,
     STACK_ORDER,
     ProvisionOptions,
     StackPrefix,
@@ -271,6 +272,18 @@ def _decide(
     )
 
 
+def _later_inputs(deployed: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """The outputs, as deployed when the run starts, of the stacks that an earlier stack reads
+    (stacks.LATER_INPUTS: compute mounts fsx's file system); a later stack's own turn replaces
+    them with its outputs of this run."""
+    later = {stack for stacks in LATER_INPUTS.values() for stack in stacks}
+    return {
+        stack: stack_outputs(found)
+        for stack, found in deployed.items()
+        if stack in later and found.get("StackStatus") in READY
+    }
+
+
 def _change_set(
     account: Account,
     stack: str,
@@ -351,8 +364,9 @@ def plan(
     with aws_errors():
         account = Account(clients, prefix, templates)
         package = build_autoscale_package()
-        existing = frozenset(s for s in STACK_ORDER if account.describe(s) is not None)
-        outputs: dict[str, dict[str, str]] = {}
+        found = {s: d for s in STACK_ORDER if (d := account.describe(s)) is not None}
+        existing = frozenset(found)
+        outputs = _later_inputs(found)
         planned = []
         for stack in stacks_to_provision(options, existing):
             decision = _decide(account, stack, options, outputs, package)
@@ -407,7 +421,7 @@ def provision(
             for stack in STACK_ORDER:  # the file keeps the stacks this run does not reach
                 if (found := account.describe(stack)) is not None:
                     known[stack] = found
-            outputs: dict[str, dict[str, str]] = {}
+            outputs = _later_inputs(known)
             for stack in stacks_to_provision(options, frozenset(known)):
                 decision = _decide(account, stack, options, outputs, package)
                 if decision.parameters is None:  # its inputs come first in the order: a bug

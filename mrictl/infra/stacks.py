@@ -34,6 +34,11 @@ INPUTS: dict[str, tuple[str, ...]] = {
     "compute": ("network", "storage", "jobs"),
     "fsx": ("network", "storage"),
 }
+# Outputs a stack reads when that stack is deployed, though it comes later in the order: the
+# compute stack mounts the fsx stack's file system. The provisioner gives these from the stack
+# as deployed when the run starts, so the run after the fsx stack is created (or removed)
+# updates compute.
+LATER_INPUTS: dict[str, tuple[str, ...]] = {"compute": ("fsx",)}
 # Resources whose replacement (or removal) loses what they hold.
 DATA_RESOURCE_TYPES = frozenset(
     {
@@ -177,7 +182,8 @@ def stack_parameters(
     autoscale_code_key: str = "",
 ) -> dict[str, str]:
     """The parameters this run decides for `stack`, from `outputs[s]` of the stacks in
-    `INPUTS[stack]` (a KeyError if one is missing) and the options given."""
+    `INPUTS[stack]` (a KeyError if one is missing), of those in `LATER_INPUTS[stack]` when
+    present, and the options given."""
     values = {"ProjectName": prefix.project, "Environment": prefix.environment}
     given: dict[str, str | None] = {}
     if stack == "network":
@@ -200,6 +206,7 @@ def stack_parameters(
             "JobTableName": outputs["jobs"]["JobTableName"],
             "AutoscaleCodeBucket": storage["ReconstructedBucketName"],
             "AutoscaleCodeKey": autoscale_code_key,
+            **fsx_mount_parameters(outputs.get("fsx", {})),
         }
         spot = None if options.use_spot is None else str(options.use_spot).lower()
         given = {
@@ -222,6 +229,16 @@ def stack_parameters(
     else:
         raise ValueError(f"no such stack: {stack!r}")
     return values | {key: value for key, value in given.items() if value is not None}
+
+
+def fsx_mount_parameters(fsx_outputs: Mapping[str, str]) -> dict[str, str]:
+    """Compute's FsxDnsName and FsxMountName: the fsx stack's file system, or both empty (no
+    mount) when there is none. Always decided, so that compute follows the fsx stack."""
+    dns_name = fsx_outputs.get("FileSystemDnsName", "")
+    mount_name = fsx_outputs.get("FileSystemMountName", "")
+    if not (dns_name and mount_name):
+        return {"FsxDnsName": "", "FsxMountName": ""}
+    return {"FsxDnsName": dns_name, "FsxMountName": mount_name}
 
 
 def _number(value: int | None) -> str | None:

@@ -205,7 +205,16 @@ def test_each_stack_runs_its_targets_image_under_the_tag_image_push_names(comput
 def test_scratch_space_is_the_volume_the_stacks_mount(compute):
     for name, container in container_definitions(compute).items():
         assert container["ReadonlyRootFilesystem"] is True, name
-        (mount,) = container["MountPoints"]
+        # One writable mount, the scratch space; with the fsx stack (HasFsx) the recon and train
+        # jobs also see the host's Lustre mount, read-only (tests/infra/test_templates.py).
+        mounts = container["MountPoints"]
+        branches = mounts["Fn::If"][1:] if isinstance(mounts, dict) else [mounts]
+        for branch in branches:
+            (mount,) = [each for each in branch if not each["ReadOnly"]]
+            assert [each["ContainerPath"] for each in branch if each["ReadOnly"]] in (
+                [],
+                ["/fsx"],
+            ), name
         scratch = mount["ContainerPath"]
         environment = {
             each["Name"]: each["Value"] for each in container["Environment"] if "Name" in each

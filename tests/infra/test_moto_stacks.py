@@ -4,6 +4,7 @@ test_templates.py for those)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import zipfile
@@ -92,22 +93,18 @@ def test_stacks_create_in_order_with_each_others_outputs(aws):
         "ReconQueueUrl",
         "ReconQueueArn",
     ]
-    status, compute = create_stack(
-        aws,
-        "compute",
-        "test",
-        {
-            "SubnetIds": network["SubnetIds"],
-            "WorkloadSecurityGroupId": network["WorkloadSecurityGroupId"],
-            **{name: storage[name] for name in from_storage},
-            "JobTableName": jobs["JobTableName"],
-            "AutoscaleCodeBucket": storage["ReconstructedBucketName"],
-            "AutoscaleCodeKey": code_key,
-            # moto does not split a list parameter's default: pass every list explicitly.
-            "GpuInstanceTypes": "g5.xlarge,g6.xlarge",
-            "UseSpot": "true",
-        },
-    )
+    compute_parameters = {
+        "SubnetIds": network["SubnetIds"],
+        "WorkloadSecurityGroupId": network["WorkloadSecurityGroupId"],
+        **{name: storage[name] for name in from_storage},
+        "JobTableName": jobs["JobTableName"],
+        "AutoscaleCodeBucket": storage["ReconstructedBucketName"],
+        "AutoscaleCodeKey": code_key,
+        # moto does not split a list parameter's default: pass every list explicitly.
+        "GpuInstanceTypes": "g5.xlarge,g6.xlarge",
+        "UseSpot": "true",
+    }
+    status, compute = create_stack(aws, "compute", "test", compute_parameters)
     assert (status, set(compute)) == ("CREATE_COMPLETE", declared_outputs("compute"))
 
     # What moto does keep: names, the queue's compute environments, the jobs' command.
@@ -148,6 +145,45 @@ def test_stacks_create_in_order_with_each_others_outputs(aws):
         body=body,
     )
     assert status == "CREATE_COMPLETE"
+
+    # Without the fsx stack's outputs, no mount; with them, the GPU instances mount it at /fsx
+    # and the recon and train jobs see it read-only.
+    assert "UserData" not in launch_template_data(aws, "mrictl-test-gpu")
+    for output in ("ReconJobDefinitionArn", "TrainJobDefinitionArn"):
+        container = job_container(aws, compute[output])
+        assert [m["containerPath"] for m in container["mountPoints"]] == ["/tmp"]
+        assert "/fsx" not in json.dumps(container)
+    dns_name, mount_name = "fs-0123456789abcdef0.fsx.us-east-1.amazonaws.com", "abcdefgh"
+    status, mounted = create_stack(
+        aws,
+        "compute",
+        "lus",
+        compute_parameters | {"FsxDnsName": dns_name, "FsxMountName": mount_name},
+    )
+    assert status == "CREATE_COMPLETE"
+    user_data = base64.b64decode(launch_template_data(aws, "mrictl-lus-gpu")["UserData"]).decode()
+    assert user_data.startswith("MIME-Version: 1.0\n")
+    assert f'mount -t lustre -o ro,relatime,flock "{dns_name}@tcp:/{mount_name}" /fsx' in user_data
+    for output in ("ReconJobDefinitionArn", "TrainJobDefinitionArn"):
+        container = job_container(aws, mounted[output])
+        assert {"sourceVolume": "fsx", "containerPath": "/fsx", "readOnly": True} in container[
+            "mountPoints"
+        ]
+        assert {"name": "fsx", "host": {"sourcePath": "/fsx"}} in container["volumes"]
+        assert {"name": "MRICTL_AWS_FSX_MOUNT", "value": "/fsx"} in container["environment"]
+
+
+def launch_template_data(aws, name: str) -> dict:
+    versions = aws("ec2").describe_launch_template_versions(LaunchTemplateName=name)
+    latest = max(versions["LaunchTemplateVersions"], key=lambda v: v["VersionNumber"])
+    return latest["LaunchTemplateData"]
+
+
+def job_container(aws, definition_arn: str) -> dict:
+    [definition] = aws("batch").describe_job_definitions(jobDefinitions=[definition_arn])[
+        "jobDefinitions"
+    ]
+    return definition["containerProperties"]
 
 
 def test_network_reuses_an_existing_vpc(aws):

@@ -26,6 +26,7 @@ from mrictl.infra.cloudformation import wait_for_stack
 from mrictl.infra.lambda_package import build_autoscale_package
 from mrictl.infra.stacks import (
     INPUTS,
+    LATER_INPUTS,
     LOG_RETENTION_DAYS,
     STACK_ORDER,
     ProvisionOptions,
@@ -429,6 +430,96 @@ def test_a_flag_updates_its_stack_and_is_kept_by_later_runs(account, monkeypatch
     assert [(c["logical_id"], c["action"]) for c in compute["changes"]] == [
         ("AutoscaleFunction", "Modify")
     ]
+
+
+# moto skips AWS::FSx::* and fails a GetAtt on it: the fsx stack's outputs, as literals.
+FSX_DNS_NAME = "fs-0123456789abcdef0.fsx.us-east-1.amazonaws.com"
+FSX_MOUNT_NAME = "abcdefgh"
+LITERAL_FSX_OUTPUTS = f"""Outputs:
+  FileSystemDnsName:
+    Value: {FSX_DNS_NAME}
+  FileSystemMountName:
+    Value: {FSX_MOUNT_NAME}
+  PreprocessedPath:
+    Value: /preprocessed
+"""
+
+
+@pytest.mark.slow
+def test_the_fsx_stack_reaches_compute_on_the_next_run(account, monkeypatch, tmp_path):
+    """compute comes before fsx: the run that creates fsx leaves compute without the mount, the
+    next one passes fsx's outputs and compute mounts it (instances and recon/train jobs)."""
+    prefix = "mrictl-lus"
+    text = (TEMPLATES / "fsx.yaml").read_text()
+    folder = patched_templates(tmp_path, fsx=(text[text.index("Outputs:") :], LITERAL_FSX_OUTPUTS))
+    monkeypatch.setattr(cloudformation, "default_templates_dir", lambda: folder)
+    first = account.cli("provision", "--with-fsx", "--yes", "--json", prefix=prefix)
+    assert first.exit_code == 0, first.stderr
+    assert [r["stack"] for r in first.json()["results"]] == [*CORE_STACKS, "fsx"]
+    assert deployed_parameters(account, prefix, "compute", "FsxDnsName", "FsxMountName") == ["", ""]
+
+    plan = account.cli("provision", "--dry-run", "--json", prefix=prefix).json()["plan"]
+    assert [(s["stack"], s["action"], s["changed_parameters"]) for s in plan] == [
+        ("network", "unchanged", []),
+        ("storage", "unchanged", []),
+        ("jobs", "unchanged", []),
+        ("compute", "update", ["FsxDnsName", "FsxMountName"]),
+        ("fsx", "unchanged", []),
+    ]
+    second = account.cli("provision", "--yes", "--json", prefix=prefix)
+    assert second.exit_code == 0, second.stderr
+    assert [(r["stack"], r["action"]) for r in second.json()["results"]][3:] == [
+        ("compute", "updated"),
+        ("fsx", "unchanged"),
+    ]
+    assert deployed_parameters(account, prefix, "compute", "FsxDnsName", "FsxMountName") == [
+        FSX_DNS_NAME,
+        FSX_MOUNT_NAME,
+    ]
+    # moto's stack update leaves the launch template and the job definitions as they were
+    # created: tests/infra/test_moto_stacks.py creates compute with these values and reads them.
+    assert account.cli("provision", "--yes", "--json", prefix=prefix).json()["changed"] is False
+
+
+def deployed_parameters(account: Account, prefix: str, stack: str, *names: str) -> list[str]:
+    [found] = account.client("cloudformation").describe_stacks(StackName=f"{prefix}-{stack}")[
+        "Stacks"
+    ]
+    values = {p["ParameterKey"]: p["ParameterValue"] for p in found["Parameters"]}
+    return [values[name] for name in names]
+
+
+def test_compute_mounts_the_fsx_stack_only_when_its_outputs_are_recorded():
+    prefix = parse_stack_prefix("mrictl-test")
+    outputs = {
+        stack: {
+            key: f"{stack}.{key}" for key in load_template(TEMPLATES / f"{stack}.yaml")["Outputs"]
+        }
+        for stack in STACK_ORDER
+    }
+    outputs["fsx"] |= {"FileSystemDnsName": FSX_DNS_NAME, "FileSystemMountName": FSX_MOUNT_NAME}
+    assert LATER_INPUTS == {"compute": ("fsx",)}
+    options = ProvisionOptions()
+    with_fsx = stack_parameters("compute", prefix, options, outputs)
+    assert (with_fsx["FsxDnsName"], with_fsx["FsxMountName"]) == (FSX_DNS_NAME, FSX_MOUNT_NAME)
+    # No fsx stack, or one without its outputs yet: both empty, so compute drops the mount.
+    for fsx in (None, {}, {"FileSystemDnsName": FSX_DNS_NAME}):
+        given = {k: v for k, v in outputs.items() if k != "fsx"}
+        if fsx is not None:
+            given["fsx"] = fsx
+        without = stack_parameters("compute", prefix, options, given)
+        assert (without["FsxDnsName"], without["FsxMountName"]) == ("", ""), fsx
+    # The provisioner gives compute the fsx stack as deployed when the run starts.
+    deployed = {
+        "fsx": {
+            "StackStatus": "UPDATE_COMPLETE",
+            "Outputs": [{"OutputKey": "FileSystemMountName", "OutputValue": FSX_MOUNT_NAME}],
+        },
+        "network": {"StackStatus": "CREATE_COMPLETE", "Outputs": []},
+    }
+    assert service._later_inputs(deployed) == {"fsx": {"FileSystemMountName": FSX_MOUNT_NAME}}
+    deployed["fsx"]["StackStatus"] = "ROLLBACK_COMPLETE"
+    assert service._later_inputs(deployed) == {}
 
 
 # --- Failing -------------------------------------------------------------------------------

@@ -609,3 +609,137 @@ def test_provision_passes_the_recorded_results_share(template, tmp_path):
     assert sent["ResultsShareArn"] == share
     pattern = template("compute")["Parameters"]["ResultsShareArn"]["AllowedPattern"]
     assert re.fullmatch(pattern, share) and re.fullmatch(pattern, "")
+
+
+# --- The FSx for Lustre mount (compute's HasFsx) ---------------------------------------------
+
+FSX_ENVIRONMENT = {"Name": "MRICTL_AWS_FSX_MOUNT", "Value": "/fsx"}
+BATCH_JOBS = ("ReconJobDefinition", "TrainJobDefinition")
+
+
+def resolved(node, conditions: dict[str, bool]):
+    """The template as CloudFormation would deploy it with these conditions: each Fn::If
+    replaced by its branch, AWS::NoValue dropped."""
+    no_value = object()
+
+    def walk(item):
+        if isinstance(item, dict):
+            if set(item) == {"Fn::If"}:
+                name, when_true, when_false = item["Fn::If"]
+                return walk(when_true if conditions[name] else when_false)
+            if item == {"Ref": "AWS::NoValue"}:
+                return no_value
+            pairs = ((key, walk(value)) for key, value in item.items())
+            return {key: value for key, value in pairs if value is not no_value}
+        if isinstance(item, list):
+            return [value for value in map(walk, item) if value is not no_value]
+        return item
+
+    return walk(node)
+
+
+def conditions_of(fsx: bool) -> dict[str, bool]:
+    return {"HasFsx": fsx, "WantSpot": False, "HasResultsShare": False}
+
+
+def test_the_fsx_mount_is_off_unless_both_parameters_are_given(template):
+    compute = template("compute")
+    for name in ("FsxDnsName", "FsxMountName"):
+        assert compute["Parameters"][name]["Default"] == ""
+    both = compute["Conditions"]["HasFsx"]["Fn::And"]
+    assert both == [
+        {"Fn::Not": [{"Fn::Equals": [{"Ref": "FsxDnsName"}, ""]}]},
+        {"Fn::Not": [{"Fn::Equals": [{"Ref": "FsxMountName"}, ""]}]},
+    ]
+    without = resolved(compute["Resources"], conditions_of(fsx=False))
+    assert "UserData" not in without["BatchLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    for name in BATCH_JOBS:
+        container = without[name]["Properties"]["ContainerProperties"]
+        assert container["Volumes"] == [{"Name": "scratch"}], name
+        assert container["MountPoints"] == [
+            {"SourceVolume": "scratch", "ContainerPath": "/tmp", "ReadOnly": False}
+        ], name
+        # Empty, as ResultsShareArn's: the backend reads an empty variable as none (and moto
+        # fails on an AWS::NoValue item in the list).
+        assert {"Name": "MRICTL_AWS_FSX_MOUNT", "Value": ""} in container["Environment"], name
+        assert "/fsx" not in json.dumps(container), name
+
+
+def test_with_fsx_only_recon_and_train_see_the_mount_read_only(template):
+    compute = template("compute")
+    with_fsx = resolved(compute["Resources"], conditions_of(fsx=True))
+    for name in BATCH_JOBS:
+        container = with_fsx[name]["Properties"]["ContainerProperties"]
+        volumes = {each["Name"]: each for each in container["Volumes"]}
+        assert volumes["fsx"] == {"Name": "fsx", "Host": {"SourcePath": "/fsx"}}, name
+        fsx_mounts = [each for each in container["MountPoints"] if each["SourceVolume"] == "fsx"]
+        assert fsx_mounts == [{"SourceVolume": "fsx", "ContainerPath": "/fsx", "ReadOnly": True}]
+        assert FSX_ENVIRONMENT in container["Environment"], name
+        assert container["ReadonlyRootFilesystem"] is True and container["Privileged"] is False
+    # Nothing else mounts or names it: not the preprocess task, not another resource.
+    for logical_id, resource in with_fsx.items():
+        if logical_id not in (*BATCH_JOBS, "BatchLaunchTemplate"):
+            assert "/fsx" not in json.dumps(resource), logical_id
+            assert "Fsx" not in json.dumps(resource), logical_id
+
+
+def test_with_fsx_the_gpu_instances_mount_it_read_only_in_mime_user_data(template):
+    compute = template("compute")
+    data = resolved(compute["Resources"], conditions_of(fsx=True))
+    launch = data["BatchLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    text = launch["UserData"]["Fn::Base64"]["Fn::Sub"]
+    # Batch merges a launch template's user data with its own only in MIME multi-part form.
+    header, _, body = text.partition("\n\n")
+    assert header.splitlines()[0] == "MIME-Version: 1.0"
+    boundary = header.split('boundary="')[1].split('"')[0]
+    assert body.startswith(f"--{boundary}\n") and body.rstrip().endswith(f"--{boundary}--")
+    assert 'Content-Type: text/x-shellscript; charset="us-ascii"' in body
+    script = body.split("\n\n", 1)[1]
+    assert script.startswith("#!/bin/bash\nset -euo pipefail\n")
+    assert "dnf install -y lustre-client" in script  # AL2023, the default GpuImageType
+    assert "amazon-linux-extras install -y lustre" in script  # AL2
+    [mount] = [line.strip() for line in script.splitlines() if "mount -t lustre" in line]
+    options = mount.split(" -o ")[1].split()[0].split(",")
+    assert options[0] == "ro" and "rw" not in options
+    assert mount.endswith('"${FsxDnsName}@tcp:/${FsxMountName}" /fsx; then')
+    # Both compute environments use this launch template (so Spot instances mount it too).
+    for name in ("OnDemandComputeEnvironment", "SpotComputeEnvironment"):
+        resources_of = properties(compute, name)["ComputeResources"]
+        assert resources_of["LaunchTemplate"]["LaunchTemplateId"] == {"Ref": "BatchLaunchTemplate"}
+        assert resources_of["SecurityGroupIds"] == [{"Ref": "WorkloadSecurityGroupId"}]
+
+
+def test_lustre_traffic_flows_only_between_the_workers_and_the_file_system(template):
+    """Lustre's ports (988, 1018-1023), between the workers' group and the file system's group
+    only: no address range, no other port."""
+    fsx = template("fsx")
+    lustre_ports = {(988, 988), (1018, 1023)}
+    lustre_group = {"Fn::GetAtt": ["LustreSecurityGroup", "GroupId"]}
+    workers = {"Ref": "WorkloadSecurityGroupId"}
+    rules = [
+        (rule, {"GroupId": lustre_group}, "ingress")
+        for rule in properties(fsx, "LustreSecurityGroup")["SecurityGroupIngress"]
+    ]
+    for kind, direction in (
+        ("AWS::EC2::SecurityGroupIngress", "ingress"),
+        ("AWS::EC2::SecurityGroupEgress", "egress"),
+    ):
+        for resource in resources(fsx, kind).values():
+            rules.append((resource["Properties"], resource["Properties"], direction))
+    assert "SecurityGroupEgress" not in properties(fsx, "LustreSecurityGroup")
+    seen = set()
+    for rule, owner, direction in rules:
+        assert rule["IpProtocol"] == "tcp"
+        assert (rule["FromPort"], rule["ToPort"]) in lustre_ports
+        assert not {"CidrIp", "CidrIpv6", "SourcePrefixListId"} & set(rule)
+        peer = rule.get("SourceSecurityGroupId") or rule["DestinationSecurityGroupId"]
+        assert {json.dumps(owner["GroupId"]), json.dumps(peer)} <= {
+            json.dumps(lustre_group),
+            json.dumps(workers),
+        }
+        seen.add((json.dumps(owner["GroupId"]), direction, json.dumps(peer), rule["FromPort"]))
+    for port in (988, 1018):
+        # The workers reach the file system, and it reaches them back (lock callbacks).
+        assert (json.dumps(workers), "egress", json.dumps(lustre_group), port) in seen
+        assert (json.dumps(workers), "ingress", json.dumps(lustre_group), port) in seen
+        assert (json.dumps(lustre_group), "ingress", json.dumps(workers), port) in seen
