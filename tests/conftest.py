@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,14 @@ def isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("MRICTL_CONFIG", raising=False)
     monkeypatch.delenv("MRICTL_DEBUG", raising=False)
     return root / "mrictl"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_session_moto():
+    """Stop the session's shared moto server (tests.mrictl.backends.conftest.SessionMoto) when
+    the session ends, whichever tests started it (tests/aws uses it too): left to the
+    interpreter's exit, its shutdown waits on a server thread that no longer runs, forever."""
+    yield
+    shared = sys.modules.get("tests.mrictl.backends.conftest")
+    if shared is not None:
+        shared.SessionMoto.stack.close()

@@ -73,12 +73,6 @@ class SessionMoto:
         return cls.clients
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _stop_session_moto() -> Iterator[None]:
-    yield
-    SessionMoto.stack.close()
-
-
 @contextmanager
 def aws_environment(endpoint_url: str, resources: AwsResources) -> Iterator[None]:
     """What a process needs to reach these resources: test credentials, the endpoint and
