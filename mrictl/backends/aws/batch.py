@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from mrictl import keys
+from mrictl.backends.aws.errors import aws_error, error_code, translated
 from mrictl.backends.aws.resources import AwsResources
 from mrictl.backends.base import BackendError, LogEntry
 from mrictl.errors import ExitCode, MrictlError
@@ -92,16 +93,6 @@ def shard_command(job_id: str) -> list[str]:
     return ["mrictl", "worker", "run", "--job", job_id, SHARD_FLAG]
 
 
-@contextlib.contextmanager
-def _aws(what: str) -> Iterator[None]:
-    try:
-        yield
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        raise BackendError(f"{what}: AWS error ({code})") from None
-    except BotoCoreError as error:
-        raise BackendError(f"{what}: AWS error ({type(error).__name__})") from None
-
 
 def _explained(reason: str) -> str:
     category = reason.split(" - ", 1)[0].strip()
@@ -133,7 +124,7 @@ class BatchService:
 
     def submit(self, stage: str, job_id: str) -> str:
         """Submit the Batch job that runs `job_id`; its Batch job id."""
-        with _aws(f"submitting {job_id} to AWS Batch"):
+        with translated(f"submitting {job_id} to AWS Batch"):
             response = self.batch.submit_job(
                 jobName=f"{stage}-{job_id}",
                 jobQueue=self.resources.batch_job_queue,
@@ -170,21 +161,18 @@ class BatchService:
                 Bucket=self.resources.bucket_for(key), Key=key
             )
         except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if error_code(error) in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise BackendError(f"reading the size of {scan_id}: S3 error ({code})") from None
+            raise aws_error(f"reading the size of {scan_id}", error, service="S3") from None
         except BotoCoreError as error:
-            raise BackendError(
-                f"reading the size of {scan_id}: S3 error ({type(error).__name__})"
-            ) from None
+            raise aws_error(f"reading the size of {scan_id}", error, service="S3") from None
         text = str((head.get("Metadata") or {}).get(keys.SLICES_METADATA, ""))
         return int(text) if text.isdigit() and int(text) > 0 else None
 
     def submit_array(self, stage: str, job_id: str, plan: keys.ShardPlan) -> tuple[str, str]:
         """Submit the array job of `plan` and the assembler that depends on it; (array job id,
         assembler's id). An assembler that cannot be submitted stops the array job again."""
-        with _aws(f"submitting {job_id}'s array job to AWS Batch"):
+        with translated(f"submitting {job_id}'s array job to AWS Batch"):
             array = self.batch.submit_job(
                 jobName=f"{stage}-{job_id}-shards",
                 jobQueue=self.resources.batch_job_queue,
@@ -195,7 +183,7 @@ class BatchService:
             )
         array_id = str(array["jobId"])
         try:
-            with _aws(f"submitting {job_id}'s assembler to AWS Batch"):
+            with translated(f"submitting {job_id}'s assembler to AWS Batch"):
                 assembler = self.batch.submit_job(
                     jobName=f"{stage}-{job_id}",
                     jobQueue=self.resources.batch_job_queue,
@@ -212,12 +200,12 @@ class BatchService:
     def terminate(self, batch_job_id: str) -> None:
         """Stop a Batch job (cancelled if it has not started, its container sent SIGTERM if it
         has); Batch never retries a terminated job, whatever the retry strategy."""
-        with _aws(f"stopping AWS Batch job {batch_job_id}"):
+        with translated(f"stopping AWS Batch job {batch_job_id}"):
             self.batch.terminate_job(jobId=batch_job_id, reason=CANCEL_REASON)
 
     def describe(self, batch_job_id: str) -> dict[str, Any] | None:
         """DescribeJobs of one job; None when Batch no longer knows it (kept about a week)."""
-        with _aws(f"describing AWS Batch job {batch_job_id}"):
+        with translated(f"describing AWS Batch job {batch_job_id}"):
             found = self.batch.describe_jobs(jobs=[batch_job_id]).get("jobs") or []
         return found[0] if found else None
 
@@ -289,7 +277,7 @@ class BatchService:
         """What the job queue and its compute environments say about placing jobs."""
         if not job_queue:
             return []
-        with _aws("describing the AWS Batch job queue"):
+        with translated("describing the AWS Batch job queue"):
             queues = self.batch.describe_job_queues(jobQueues=[job_queue]).get("jobQueues") or []
         reasons = []
         environments = []
@@ -300,7 +288,7 @@ class BatchService:
             environments += [entry["computeEnvironment"] for entry in order]
         if not environments:
             return reasons
-        with _aws("describing the AWS Batch compute environments"):
+        with translated("describing the AWS Batch compute environments"):
             described = self.batch.describe_compute_environments(
                 computeEnvironments=environments
             ).get("computeEnvironments", [])
@@ -376,14 +364,11 @@ class BatchService:
             try:
                 page = logs.get_log_events(**arguments)
             except ClientError as error:
-                if error.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                if error_code(error) == "ResourceNotFoundException":
                     return events  # the container has written nothing yet
-                code = error.response.get("Error", {}).get("Code", "")
-                raise BackendError(f"reading log stream {stream}: AWS error ({code})") from None
+                raise aws_error(f"reading log stream {stream}", error) from None
             except BotoCoreError as error:
-                raise BackendError(
-                    f"reading log stream {stream}: AWS error ({type(error).__name__})"
-                ) from None
+                raise aws_error(f"reading log stream {stream}", error) from None
             events += page.get("events") or []
             if page.get("nextForwardToken") in (None, token):
                 break

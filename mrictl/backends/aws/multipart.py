@@ -36,6 +36,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mrictl.backends.aws.errors import error_code
 from mrictl.partial_files import partial_name
 
 MIN_PART_SIZE = 5 << 20  # S3's smallest part but the last (moto and seaweedfs enforce it too)
@@ -135,10 +136,6 @@ def b64(digest: bytes) -> str:
 def composite_checksum(part_sha256s: list[bytes]) -> str:
     """S3's ChecksumSHA256 of a multipart object: the SHA-256 of the parts' SHA-256s, '-N'."""
     return f"{b64(hashlib.sha256(b''.join(part_sha256s)).digest())}-{len(part_sha256s)}"
-
-
-def error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 def is_permanent(error: ClientError) -> bool:

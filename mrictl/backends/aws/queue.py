@@ -71,7 +71,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 from urllib.parse import unquote_plus
@@ -80,6 +80,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from mrictl import keys
 from mrictl.backends.aws.batch import BatchService
+from mrictl.backends.aws.errors import aws_error, error_code, translated
 from mrictl.backends.aws.records import (
     FINAL_STATES,
     JOB_FIELDS,
@@ -135,17 +136,6 @@ def upload_job_payload(scan_id: str) -> dict[str, Any]:
         "default_method": True,
     }
 
-
-@contextlib.contextmanager
-def _aws(what: str) -> Iterator[None]:
-    """DynamoDB and SQS failures (after botocore's own retries) as the contract's error."""
-    try:
-        yield
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code", "")
-        raise BackendError(f"{what}: AWS error ({code})") from None
-    except BotoCoreError as error:
-        raise BackendError(f"{what}: AWS error ({type(error).__name__})") from None
 
 
 class AwsJobQueue:
@@ -307,7 +297,7 @@ class AwsJobQueue:
             }
         }
         if idempotency_key is None:
-            with _aws(f"queueing a {stage} job"):
+            with translated(f"queueing a {stage} job"):
                 self.dynamodb.put_item(**new_job["Put"])
             return job_id, True, JobState.QUEUED.value
         item["idempotency_key"] = text_value(idempotency_key)
@@ -337,21 +327,18 @@ class AwsJobQueue:
                 self.dynamodb.transact_write_items(TransactItems=[pointer, new_job])
                 return job_id, True, JobState.QUEUED.value
             except ClientError as error:
-                code = error.response.get("Error", {}).get("Code", "")
-                if code != "TransactionCanceledException":
-                    raise BackendError(f"queueing a {stage} job: AWS error ({code})") from None
+                if error_code(error) != "TransactionCanceledException":
+                    raise aws_error(f"queueing a {stage} job", error) from None
                 # Another writer of the same key won: read its pointer again.
             except BotoCoreError as error:
-                raise BackendError(
-                    f"queueing a {stage} job: AWS error ({type(error).__name__})"
-                ) from None
+                raise aws_error(f"queueing a {stage} job", error) from None
         raise BackendError(f"queueing a {stage} job: its idempotency key keeps changing")
 
     # Claims ------------------------------------------------------------------------------------
 
     def claim(self, stage: str, worker_id: str, lease_seconds: float) -> Job | None:
         queue_url = self.resources.require_queue(stage)
-        with _aws(f"receiving {stage} work"):
+        with translated(f"receiving {stage} work"):
             response = self.sqs.receive_message(
                 QueueUrl=queue_url,
                 MaxNumberOfMessages=RECEIVE_BATCH,
@@ -880,7 +867,7 @@ class AwsJobQueue:
 
     def _item(self, job_id: str, fields: tuple[str, ...]) -> dict[str, Any] | None:
         projection, names = self._projection(fields)
-        with _aws(f"reading {job_id}"):
+        with translated(f"reading {job_id}"):
             response = self.dynamodb.get_item(
                 TableName=self.table,
                 Key={"job_id": text_value(job_id)},
@@ -912,7 +899,7 @@ class AwsJobQueue:
             }
             wanted = wanted[100:]
             for _ in range(8):
-                with _aws("reading jobs"):
+                with translated("reading jobs"):
                     response = self.dynamodb.batch_get_item(RequestItems=request)
                 for item in response.get("Responses", {}).get(self.table, []):
                     plain = plain_item(item)
@@ -942,13 +929,12 @@ class AwsJobQueue:
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if code == "ConditionalCheckFailedException":
+            if error_code(error) == "ConditionalCheckFailedException":
                 item = error.response.get("Item")
                 raise ConditionFailed(plain_item(item) if item else None) from None
-            raise BackendError(f"updating {job_id}: AWS error ({code})") from None
+            raise aws_error(f"updating {job_id}", error) from None
         except BotoCoreError as error:
-            raise BackendError(f"updating {job_id}: AWS error ({type(error).__name__})") from None
+            raise aws_error(f"updating {job_id}", error) from None
         return plain_item(response.get("Attributes") or {})
 
     def _query(
@@ -967,7 +953,7 @@ class AwsJobQueue:
             arguments["FilterExpression"] = "#stage = :stage"
             arguments["ExpressionAttributeValues"][":stage"] = text_value(stage)
         items = []
-        with _aws(f"listing {what}"):
+        with translated(f"listing {what}"):
             for page in self.dynamodb.get_paginator("query").paginate(**arguments):
                 items.extend(plain_item(item) for item in page.get("Items", []))
         return sorted(items, key=lambda item: (item["created_at"], item["job_id"]))
@@ -987,7 +973,7 @@ class AwsJobQueue:
             arguments["FilterExpression"] += " AND #stage = :stage"
             arguments["ExpressionAttributeValues"] = {":stage": text_value(stage)}
         items = []
-        with _aws("listing jobs"):
+        with translated("listing jobs"):
             for page in self.dynamodb.get_paginator("scan").paginate(**arguments):
                 items.extend(plain_item(item) for item in page.get("Items", []))
         return sorted(items, key=lambda item: (item.get("created_at", ""), item["job_id"]))
@@ -995,7 +981,7 @@ class AwsJobQueue:
     # SQS ---------------------------------------------------------------------------------------
 
     def _send(self, queue_url: str, job_id: str, stage: str) -> None:
-        with _aws(f"sending {job_id} to its queue"):
+        with translated(f"sending {job_id} to its queue"):
             self.sqs.send_message(
                 QueueUrl=queue_url,
                 MessageBody=json.dumps({"job_id": job_id}),

@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mrictl.backends.aws.errors import aws_error, error_code
 from mrictl.backends.aws.multipart import (
     FileChangedError,
     PermanentUploadError,
@@ -115,14 +116,9 @@ def file_digest(path: Path) -> tuple[int, bytes]:
     return size, digest.digest()
 
 
-def error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
 def backend_error(what: str, error: Exception) -> BackendError:
     """An S3 failure as the contract's error, naming the operation and S3's code only."""
-    detail = error_code(error) if isinstance(error, ClientError) else type(error).__name__
-    return BackendError(f"{what}: S3 error ({detail})")
+    return aws_error(what, error, service="S3")
 
 
 class S3ObjectStore:
