@@ -171,9 +171,14 @@ def templates_in(path: Path) -> list[MessageTemplate]:
             functions[function.name] = (returned, _assignments(function))
     found = _built_by_init(tree, path)
     for node in ast.walk(tree):
-        if not (isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call)):
+        # `raise XError(...)`, and `return XError(...)` of the functions that build an error
+        # for their callers to raise (mrictl.backends.aws.errors.aws_error).
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            call = node.exc
+        elif isinstance(node, ast.Return) and isinstance(node.value, ast.Call):
+            call = node.value
+        else:
             continue
-        call = node.exc
         name = _called_name(call.func)
         if not name or not name.endswith("Error"):
             continue

@@ -20,9 +20,13 @@ def error_code(error: ClientError) -> str:
 
 
 def aws_error(what: str, error: BaseException, service: str = "AWS") -> BackendError:
-    """`what` failed, with AWS's code (a ClientError) or the exception's type (botocore's)."""
+    """`what` failed, with AWS's code (a ClientError) or the exception's type (botocore's);
+    `service` "S3" for the object store, "AWS" for the rest (the two texts troubleshooting.md
+    quotes)."""
     detail = error_code(error) if isinstance(error, ClientError) else type(error).__name__
-    return BackendError(f"{what}: {service} error ({detail})")
+    if service == "S3":
+        return BackendError(f"{what}: S3 error ({detail})")
+    return BackendError(f"{what}: AWS error ({detail})")
 
 
 @contextlib.contextmanager
