@@ -16,3 +16,7 @@ NEURAL_METHODS = ("raki", "rraki")
 # "wavelet": wavelet sparsity by p-shrinkage (p = 1/2, the default: `raki.sense`);
 # "l1-wavelet": the classic L1 norm (soft thresholding, as BART's pics -R W); "tikhonov": CG-SENSE.
 CS_REGULARIZERS = ("wavelet", "l1-wavelet", "tikhonov")
+# The image grids of "cs" (`raki.sense.grid_matrix`): "extended" past the measured k-space (a
+# scanner measures a window of the object's spectrum; the default), "measured" (the periodic
+# model of the measured matrix, right for k-space made by an FFT of an image). auto tests both.
+CS_GRIDS = ("extended", "measured")

@@ -75,7 +75,7 @@ from raki.power_ceiling import limit_line_power
 from raki.sampling import minimum_acs_lines
 from raki.scan import Scan
 from raki.selection import CsSettings, select_method
-from raki.sense import DEFAULT_REGULARIZER, reconstruct_sense
+from raki.sense import DEFAULT_GRID, DEFAULT_REGULARIZER, reconstruct_sense
 from raki.train import TrainingConfig, check_trainable, train_scan
 from raki.weights import RakiWeights
 from raki.zero_shot import ZeroShotConfig, reconstruct_zero_shot
@@ -270,14 +270,16 @@ def reconstruct(
     config: TrainingConfig | None = None,
     regularizer: str = DEFAULT_REGULARIZER,
     cs_weight: float | None = None,
+    cs_grid: str | None = None,
 ) -> ReconResult:
     """Reconstruct `scan` with `method`; acquired and ACS lines are kept as measured.
 
     For "raki" and "rraki", `weights` from `train_scan` (or `RakiWeights.load`) are applied
     instead of training, after checking that they fit; for "grappa" a saved GRAPPA kernel may be
     passed the same way. For "cs", `regularizer` is "wavelet", "l1-wavelet" or "tikhonov",
-    `cs_weight` (None: automatic) its weight on the k-space's scale and `iterations` caps the
-    solver's; "auto" passes them on to cs, in its test as in the reconstruction.
+    `cs_weight` (None: automatic) its weight on the k-space's scale, `cs_grid` its image grid
+    ("extended" or "measured"; None: extended for cs, tested for auto) and `iterations` caps
+    the solver's; "auto" passes them on to cs, in its test as in the reconstruction.
     """
     if method not in METHODS:
         raise InvalidScanError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -287,7 +289,7 @@ def reconstruct(
             raise InvalidScanError(
                 "method 'auto' chooses per scan: saved weights need the method they are for"
             )
-        cs = CsSettings(regularizer, cs_weight, iterations)
+        cs = CsSettings(regularizer, cs_weight, iterations, cs_grid)
         selection = select_method(scan, cs=cs, device=resolve_device(device))
         result = reconstruct(
             scan,
@@ -298,6 +300,7 @@ def reconstruct(
             config=config,
             regularizer=regularizer,
             cs_weight=cs_weight,
+            cs_grid=selection.cs_grid.grid if selection.cs_grid else cs_grid,
         )
         result.selection = selection.as_dict()
         result.timings["select_s"] = selection.seconds
@@ -341,7 +344,12 @@ def reconstruct(
             raise InvalidScanError("method 'cs' calibrates its own coil maps: it takes no weights")
         torch_device = resolve_device(device)
         sense = reconstruct_sense(
-            scan, regularizer, weight=cs_weight, device=torch_device, iterations=iterations
+            scan,
+            regularizer,
+            weight=cs_weight,
+            device=torch_device,
+            iterations=iterations,
+            grid=cs_grid or DEFAULT_GRID,
         )
         kspace = sense.kspace
         timings["maps_s"] = sense.maps_seconds

@@ -8,9 +8,11 @@ correlated between neighbouring coils at a chosen SNR.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
-from raki.fft import fft2c
+from raki.fft import fft2c, ifft2c
 from raki.scan import Geometry, Scan
 
 # Ellipses (intensity, semi-axis x, semi-axis y, centre x, centre y, rotation in degrees), in a
@@ -106,15 +108,23 @@ def simulate_scan(
     snr: float = 50.0,
     seed: int = 0,
     noise_correlation: float = 0.2,
+    finer: int = 1,
 ) -> Scan:
     """A fully sampled phantom Scan, k-space [slice, coil, kx, ky] complex64.
 
     `snr` is the mean RSS magnitude inside the head divided by the RSS magnitude of noise alone
     (each coil's complex noise has standard deviation mean_rss / (snr * sqrt(coils))).
-    `snr=inf` gives noiseless data.
+    `snr=inf` gives noiseless data. With `finer` = 1 the k-space is one period of the DFT of
+    an image on the matrix (as most simulations make it); with `finer` = f > 1 the coil images
+    are drawn on a grid f times finer and their spectrum is cut to the matrix's window, as a
+    scanner measures a window of a continuous object's spectrum (its edges do not wrap).
     """
     if num_coils < 1 or num_slices < 1 or min(matrix) < 8:
         raise ValueError("a phantom needs at least 1 coil, 1 slice and an 8x8 matrix")
+    if finer < 1:
+        raise ValueError(f"finer is a whole factor of at least 1, not {finer}")
+    if finer > 1:
+        return _windowed(matrix, num_coils, num_slices, snr, seed, noise_correlation, finer)
     rng = np.random.default_rng(seed)
     matrix = (int(matrix[0]), int(matrix[1]))
     slab_positions = np.linspace(-0.6, 0.6, num_slices) if num_slices > 1 else np.zeros(1)
@@ -146,6 +156,42 @@ def simulate_scan(
         phase_dir=(1.0, 0.0, 0.0),
         slice_dir=(0.0, 0.0, 1.0),
     )
+    return Scan.from_kspace(
+        kspace.astype(np.complex64),
+        np.ones(matrix[1], dtype=bool),
+        geometry=geometry,
+        protocol="phantom",
+    )
+
+
+def _windowed(
+    matrix: tuple[int, int],
+    num_coils: int,
+    num_slices: int,
+    snr: float,
+    seed: int,
+    noise_correlation: float,
+    finer: int,
+) -> Scan:
+    """`simulate_scan` drawn `finer` times finer, its spectrum cut to `matrix`, noise added on
+    the matrix at the same SNR (the noise-free part is a band-limited object's)."""
+    fine_matrix = (int(matrix[0]) * finer, int(matrix[1]) * finer)
+    fine = simulate_scan(fine_matrix, num_coils, num_slices, np.inf, seed, noise_correlation)
+    window = tuple(slice(n * finer // 2 - n // 2, n * finer // 2 - n // 2 + n) for n in matrix)
+    # Orthonormal FFTs: the coarse grid's samples are the fine grid's / finer per axis.
+    kspace = fine.kspace[..., window[0], window[1]].astype(np.complex128) / finer
+    if np.isfinite(snr):
+        rng = np.random.default_rng(seed + 1)
+        images = ifft2c(kspace)
+        rss_magnitude = np.sqrt(np.sum(np.abs(images) ** 2, axis=1))
+        inside = rss_magnitude > 0.1 * rss_magnitude.max()
+        sigma = rss_magnitude[inside].mean() / (snr * np.sqrt(num_coils))
+        mixing = np.linalg.cholesky(noise_covariance(num_coils, noise_correlation))
+        white = rng.standard_normal((2, *kspace.shape))
+        white = (white[0] + 1j * white[1]) * (sigma / np.sqrt(2))
+        kspace = kspace + np.einsum("ij,sjxy->sixy", mixing, white)
+    slab = fine.geometry.fov_mm[2] if fine.geometry.fov_mm else num_slices * SLICE_THICKNESS_MM
+    geometry = replace(fine.geometry, fov_mm=(matrix[0] * PIXEL_MM, matrix[1] * PIXEL_MM, slab))
     return Scan.from_kspace(
         kspace.astype(np.complex64),
         np.ones(matrix[1], dtype=bool),

@@ -37,6 +37,7 @@ lines put back as measured, so the image is the RSS of coil images, like every o
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ import torch
 
 from raki.errors import InvalidScanError
 from raki.espirit import DEFAULT_KERNEL_WIDTH, EspiritMaps, espirit_maps
-from raki.method_names import CS_REGULARIZERS
+from raki.method_names import CS_GRIDS, CS_REGULARIZERS
 from raki.scan import Scan
 from raki.wavelet import Wavelet2d
 
@@ -81,6 +82,14 @@ DEFAULT_TOLERANCE = 1e-4
 L1_WEIGHT_SCALE = 0.6
 SOFT_WEIGHT_SCALE = 0.18  # "l1-wavelet": soft thresholding at the scale measured for it
 TIKHONOV_WEIGHT_SCALE = 4.0
+# The image is reconstructed on a grid this fraction larger per axis than the measured matrix
+# (`extended_matrix`). A scanner measures a window of the object's spectrum, not one period
+# of it: where the spectrum is cut off at the k-space edge with signal still there (as in the
+# shared 16-coil brains), the periodic model A x = M F S x wraps the edge's k-space onto the
+# opposite edge and the unfolding and the prior both pay for it. Measured on the grid of
+# docs/benchmarks.md ("cs on an extended grid").
+GRID_EXTENSION = 0.125
+DEFAULT_GRID = "extended"
 
 
 @functools.lru_cache(maxsize=16)
@@ -117,18 +126,33 @@ def ifft2c(kspace: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SenseOperator:
-    """A x = M F sum_s S_s x_s for one slice: maps [set, coil, x, y], sampled ky lines [ky]."""
+    """A x = M C F sum_s S_s x_s for one slice: maps [set, coil, X, Y], sampled ky lines [ky]
+    (or samples [kx, ky]), C the crop of the grid's k-space to the measured `matrix`.
+
+    With `matrix` None (or the maps' own size) C is the identity: the periodic SENSE model. On
+    an extended grid (`extended_matrix`) the image has finer pixels over the same field of
+    view, and its spectrum beyond the measured window is left to the prior.
+    """
 
     maps: torch.Tensor
     sampled: torch.Tensor
+    matrix: tuple[int, int] | None = None
 
     @classmethod
     def build(
-        cls, maps: np.ndarray, sampled: np.ndarray, device: torch.device | str = "cpu"
+        cls,
+        maps: np.ndarray,
+        sampled: np.ndarray,
+        device: torch.device | str = "cpu",
+        matrix: tuple[int, int] | None = None,
     ) -> SenseOperator:
+        maps = np.ascontiguousarray(maps, dtype=np.complex64)
+        if not maps.flags.writeable:  # shared (cached) maps: torch wants its own copy
+            maps = maps.copy()
         return cls(
-            torch.as_tensor(np.ascontiguousarray(maps, dtype=np.complex64), device=device),
+            torch.as_tensor(maps, device=device),
             torch.as_tensor(np.asarray(sampled, dtype=bool), device=device),
+            None if matrix is None else (int(matrix[0]), int(matrix[1])),
         )
 
     @property
@@ -136,19 +160,69 @@ class SenseOperator:
         sets, _, nx, ny = self.maps.shape
         return (sets, nx, ny)
 
+    @property
+    def measured_shape(self) -> tuple[int, int]:
+        return self.matrix or tuple(self.maps.shape[-2:])
+
+    def _window(self) -> tuple[slice, slice] | None:
+        """Where the measured k-space lies in the grid's (centred) k-space; None: everywhere."""
+        grid = self.maps.shape[-2:]
+        if self.matrix is None or tuple(grid) == self.matrix:
+            return None
+        return tuple(
+            slice(g // 2 - n // 2, g // 2 - n // 2 + n)
+            for g, n in zip(grid, self.matrix, strict=True)
+        )
+
     def coil_images(self, image: torch.Tensor) -> torch.Tensor:
-        """sum_s S_s x_s: [coil, x, y]."""
+        """sum_s S_s x_s: [coil, X, Y]."""
         return (self.maps * image[:, None]).sum(0)
 
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        """C F S x: every coil's k-space [coil, kx, ky] on the measured matrix."""
+        kspace = fft2c(self.coil_images(image))
+        window = self._window()
+        return kspace if window is None else kspace[..., window[0], window[1]]
+
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return fft2c(self.coil_images(image)) * self.sampled
+        return self.predict(image) * self.sampled
 
     def adjoint(self, kspace: torch.Tensor) -> torch.Tensor:
-        coil_images = ifft2c(kspace * self.sampled)
-        return (self.maps.conj() * coil_images).sum(1)
+        kspace = kspace * self.sampled
+        window = self._window()
+        if window is not None:
+            padded = kspace.new_zeros((*kspace.shape[:-2], *self.maps.shape[-2:]))
+            padded[..., window[0], window[1]] = kspace
+            kspace = padded
+        return (self.maps.conj() * ifft2c(kspace)).sum(1)
 
     def normal(self, image: torch.Tensor) -> torch.Tensor:
         return self.adjoint(self.forward(image))
+
+
+def _smooth_size(size: int) -> bool:
+    """Only the factors 2, 3 and 5 (sizes FFTs and the wavelet's halvings like)."""
+    for factor in (2, 3, 5):
+        while size % factor == 0:
+            size //= factor
+    return size == 1
+
+
+def extended_size(size: int, fraction: float = GRID_EXTENSION) -> int:
+    """The smallest size >= size x (1 + fraction), grown by the same number of points on each
+    side, with only the factors 2, 3 and 5 and, for even sizes, a multiple of 8 (three
+    wavelet levels)."""
+    if fraction <= 0:
+        return size
+    candidate = size + 2 * math.ceil(size * fraction / 2)
+    while not (_smooth_size(candidate) and (size % 2 or candidate % 8 == 0)):
+        candidate += 2
+    return candidate
+
+
+def extended_matrix(matrix: tuple[int, int], fraction: float = GRID_EXTENSION) -> tuple[int, int]:
+    """The reconstruction grid for a measured `matrix`: each axis by `extended_size`."""
+    return (extended_size(matrix[0], fraction), extended_size(matrix[1], fraction))
 
 
 def _relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
@@ -291,13 +365,18 @@ def solver_for(regularizer: str) -> Solver:
 def coil_kspace(
     operator: SenseOperator, image: torch.Tensor, measured: torch.Tensor
 ) -> torch.Tensor:
-    """F S x [coil, kx, ky] with the acquired lines put back as measured (data consistency)."""
-    predicted = fft2c(operator.coil_images(image))
-    return torch.where(operator.sampled, measured, predicted)
+    """C F S x [coil, kx, ky] with the acquired lines put back as measured (data consistency)."""
+    return torch.where(operator.sampled, measured, operator.predict(image))
 
 
-def automatic_weight(regularizer: str, maps: EspiritMaps, acs: np.ndarray) -> float:
-    """The regularisation weight for one slice from its data alone (no reference).
+def automatic_weight(
+    regularizer: str,
+    maps: EspiritMaps,
+    acs: np.ndarray,
+    matrix: tuple[int, int] | None = None,
+) -> float:
+    """The regularisation weight for one slice from its data alone (no reference), on the
+    scale of the measured `matrix` (None: the maps' own), as a user would give it.
 
     The ACS noise level sigma (per k-space sample; `raki.espirit.noise_level`) is also the
     noise of A^H y per voxel, because the maps have unit norm: the wavelet threshold is a
@@ -310,9 +389,23 @@ def automatic_weight(regularizer: str, maps: EspiritMaps, acs: np.ndarray) -> fl
         return L1_WEIGHT_SCALE * sigma
     if regularizer == "l1-wavelet":
         return SOFT_WEIGHT_SCALE * sigma
-    voxels = maps.maps.shape[-2] * maps.maps.shape[-1]
+    voxels = math.prod(matrix or maps.maps.shape[-2:])
     power = float(np.sum(np.abs(acs) ** 2)) / voxels
     return TIKHONOV_WEIGHT_SCALE * sigma**2 / power if power > 0 else 0.0
+
+
+def weight_on_grid(
+    regularizer: str, weight: float, matrix: tuple[int, int], grid: tuple[int, int]
+) -> float:
+    """A weight given for the measured `matrix` as the solver on `grid` must use it.
+
+    On a larger grid the same k-space noise spreads over more voxels (orthonormal FFTs keep
+    its energy): sigma x sqrt(measured / grid voxels) each, so a wavelet threshold shrinks by
+    that factor. Tikhonov's noise-to-signal ratio is the same on any grid.
+    """
+    if regularizer == "tikhonov":
+        return weight
+    return weight * math.sqrt(math.prod(matrix) / math.prod(grid))
 
 
 @dataclass
@@ -326,6 +419,8 @@ class SenseReconstruction:
     map_sets: list[int]
     iterations: list[int]
     automatic: bool  # the weights were chosen from the data (`automatic_weight`)
+    grid: str = DEFAULT_GRID  # "extended" or "measured" (`grid_matrix`)
+    grid_size: tuple[int, int] = (0, 0)
     maps_seconds: float = 0.0
     solve_seconds: float = 0.0
 
@@ -338,7 +433,82 @@ class SenseReconstruction:
             "noise_levels": self.noise_levels,
             "map_sets": self.map_sets,
             "iterations": self.iterations,
+            "grid": self.grid,
+            "grid_size": list(self.grid_size),
         }
+
+
+@dataclass(frozen=True)
+class SliceSense:
+    """One slice's cs: its filled k-space [coil, kx, ky] and how it was made."""
+
+    kspace: torch.Tensor
+    weight: float  # on the measured matrix's scale (`automatic_weight`)
+    noise_level: float
+    map_sets: int
+    iterations: int
+    maps_seconds: float
+    solve_seconds: float
+
+
+def grid_matrix(matrix: tuple[int, int], grid: str = DEFAULT_GRID) -> tuple[int, int]:
+    """The image grid cs solves on for a measured `matrix`: "extended" (`extended_matrix`) or
+    "measured" (the periodic model of the measured matrix itself)."""
+    if grid not in CS_GRIDS:
+        raise InvalidScanError(f"unknown cs grid {grid!r}; choose one of {', '.join(CS_GRIDS)}")
+    return extended_matrix(matrix) if grid == "extended" else matrix
+
+
+def slice_maps(
+    acs: np.ndarray,
+    matrix: tuple[int, int],
+    grid: str = DEFAULT_GRID,
+    device: torch.device | str = "cpu",
+) -> EspiritMaps:
+    """ESPIRiT maps of one slice, calibrated on its `grid` (maps resampled from another grid
+    cost 1-9% NMSE on the shared files, docs/benchmarks.md)."""
+    return espirit_maps(acs, grid_matrix(matrix, grid), device=device)
+
+
+def sense_slice(
+    acs: np.ndarray,
+    kspace: np.ndarray,
+    sampled: np.ndarray,
+    regularizer: str = DEFAULT_REGULARIZER,
+    *,
+    weight: float | None = None,
+    device: torch.device | str = "cpu",
+    iterations: int | None = None,
+    wavelet: str = DEFAULT_WAVELET,
+    grid: str = DEFAULT_GRID,
+) -> SliceSense:
+    """Regularised SENSE of one slice (k-space [coil, kx, ky], acquired lines `sampled`), maps
+    from its ACS [coil, kx, lines], solved on the `grid` (`slice_maps`)."""
+    solve = solver_for(regularizer)
+    options: dict[str, object] = {} if iterations is None else {"iterations": int(iterations)}
+    if regularizer != "tikhonov":
+        options["wavelet"] = wavelet
+    matrix = (int(kspace.shape[-2]), int(kspace.shape[-1]))
+    started = time.perf_counter()
+    maps = slice_maps(acs, matrix, grid, device)
+    size = (int(maps.maps.shape[-2]), int(maps.maps.shape[-1]))
+    solving = time.perf_counter()
+    lam = automatic_weight(regularizer, maps, acs, matrix) if weight is None else weight
+    operator = SenseOperator.build(maps.maps, sampled, device, matrix)
+    measured = torch.as_tensor(np.ascontiguousarray(kspace, dtype=np.complex64), device=device)
+    image, done = solve(
+        operator, measured, weight_on_grid(regularizer, lam, matrix, size), **options
+    )
+    filled = coil_kspace(operator, image, measured)
+    return SliceSense(
+        filled,
+        float(lam),
+        maps.noise_level,
+        maps.sets,
+        done,
+        solving - started,
+        time.perf_counter() - solving,
+    )
 
 
 def reconstruct_sense(
@@ -349,13 +519,16 @@ def reconstruct_sense(
     device: torch.device | str = "cpu",
     iterations: int | None = None,
     wavelet: str = DEFAULT_WAVELET,
+    grid: str = DEFAULT_GRID,
 ) -> SenseReconstruction:
     """Regularised SENSE of every slice with ESPIRiT maps from its ACS; acquired lines kept.
 
     `weight` None chooses lambda per slice (`automatic_weight`); a number is used as given,
-    on the k-space's scale. `iterations` caps the solver (default: its own).
+    on the k-space's scale. `iterations` caps the solver (default: its own). The image is
+    solved on the `grid` ("extended": `extended_matrix`; "measured": the scan's own matrix).
     """
-    solve = solver_for(regularizer)
+    solver_for(regularizer)
+    size = grid_matrix(scan.matrix, grid)
     if scan.acs is None or scan.acs.lines < DEFAULT_KERNEL_WIDTH:
         lines = 0 if scan.acs is None else scan.acs.lines
         raise InvalidScanError(
@@ -364,24 +537,25 @@ def reconstruct_sense(
         )
     acs = scan.acs_kspace()
     result = SenseReconstruction(
-        np.empty_like(scan.kspace), regularizer, [], [], [], [], automatic=weight is None
+        np.empty_like(scan.kspace), regularizer, [], [], [], [], weight is None, grid, size
     )
-    options = {} if iterations is None else {"iterations": int(iterations)}
-    if regularizer != "tikhonov":
-        options["wavelet"] = wavelet
     for index in range(scan.num_slices):
-        started = time.perf_counter()
-        maps = espirit_maps(acs[index], scan.matrix, device=device)
-        solving = time.perf_counter()
-        lam = automatic_weight(regularizer, maps, acs[index]) if weight is None else weight
-        operator = SenseOperator.build(maps.maps, scan.sampled, device)
-        measured = torch.as_tensor(scan.kspace[index], device=device)
-        image, done = solve(operator, measured, lam, **options)
-        result.kspace[index] = coil_kspace(operator, image, measured).cpu().numpy()
-        result.maps_seconds += solving - started
-        result.solve_seconds += time.perf_counter() - solving
-        result.weights.append(float(lam))
-        result.noise_levels.append(maps.noise_level)
-        result.map_sets.append(maps.sets)
-        result.iterations.append(done)
+        done = sense_slice(
+            acs[index],
+            scan.kspace[index],
+            scan.sampled,
+            regularizer,
+            weight=weight,
+            device=device,
+            iterations=iterations,
+            wavelet=wavelet,
+            grid=grid,
+        )
+        result.kspace[index] = done.kspace.cpu().numpy()
+        result.maps_seconds += done.maps_seconds
+        result.solve_seconds += done.solve_seconds
+        result.weights.append(done.weight)
+        result.noise_levels.append(done.noise_level)
+        result.map_sets.append(done.map_sets)
+        result.iterations.append(done.iterations)
     return result

@@ -29,15 +29,16 @@ import numpy as np
 import torch
 
 from raki.errors import InvalidScanError
-from raki.espirit import DEFAULT_KERNEL_WIDTH, EspiritMaps, espirit_maps
+from raki.espirit import DEFAULT_KERNEL_WIDTH, EspiritMaps
 from raki.scan import Scan
 from raki.sense import (
     SenseOperator,
     automatic_weight,
     cg_sense,
     coil_kspace,
-    fft2c,
     l1_wavelet_sense,
+    slice_maps,
+    weight_on_grid,
 )
 from raki.unrolled import (
     DEFAULT_BLOCKS,
@@ -153,7 +154,7 @@ def kspace_loss(
 ) -> torch.Tensor:
     """||y - F S x||_2 / ||y||_2 + ||y - F S x||_1 / ||y||_1 over the samples of `mask`
     (the normalised L1-L2 loss of SSDU)."""
-    predicted = fft2c(operator.coil_images(image))
+    predicted = operator.predict(image)
     error = (predicted - measured)[:, mask]
     target = measured[:, mask]
     l2 = torch.linalg.vector_norm(error) / torch.linalg.vector_norm(target).clamp_min(1e-30)
@@ -174,7 +175,9 @@ class SliceTraining:
 
 
 def _operator(maps: torch.Tensor, mask: np.ndarray, device: torch.device) -> SenseOperator:
-    return SenseOperator(maps, torch.as_tensor(mask, device=device))
+    """The SENSE operator on the samples of `mask` [kx, ky], measured on the mask's matrix."""
+    matrix = (int(mask.shape[-2]), int(mask.shape[-1]))
+    return SenseOperator(maps, torch.as_tensor(mask, device=device), matrix)
 
 
 def _start(
@@ -206,7 +209,12 @@ def train_slice(
     rng = np.random.default_rng(config.seed)
     split = split_samples(acquired, config, rng)
     maps_tensor = torch.as_tensor(maps.maps, device=device)
-    weights = {name: automatic_weight(name, maps, acs) for name in ("wavelet", "tikhonov")}
+    matrix = (int(kspace.shape[-2]), int(kspace.shape[-1]))
+    grid = (int(maps.maps.shape[-2]), int(maps.maps.shape[-1]))
+    weights = {
+        name: weight_on_grid(name, automatic_weight(name, maps, acs, matrix), matrix, grid)
+        for name in ("wavelet", "tikhonov")
+    }
     raw = torch.as_tensor(np.ascontiguousarray(kspace, dtype=np.complex64), device=device)
     full = _operator(maps_tensor, split.acquired, device)
     full_start = _start(full, raw, config, weights)
@@ -335,7 +343,7 @@ def reconstruct_zero_shot(
     result = ZeroShotReconstruction(np.empty_like(scan.kspace), config)
     for index in range(scan.num_slices):
         started = time.perf_counter()
-        maps = espirit_maps(acs[index], scan.matrix, device=device)
+        maps = slice_maps(acs[index], scan.matrix, device=device)
         result.maps_seconds += time.perf_counter() - started
         image, operator, report = train_slice(
             maps, scan.kspace[index], acquired, acs[index], config, device, progress

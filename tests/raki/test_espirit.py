@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from raki.errors import InvalidScanError
-from raki.espirit import espirit_maps, scan_maps
+from raki.espirit import espirit_maps, scan_maps, voxel_eigh
 from raki.fft import fft2c, ifft2c
 from raki.io import read_scan
 from raki.phantom import anatomy, coil_sensitivities, simulate_scan
@@ -78,3 +79,31 @@ def test_real_eight_coil_brain_wraps_and_gets_two_sets(shared_data):
     scan = read_scan(path).undersampled(4, 32)
     found = espirit_maps(scan.acs_kspace()[0], scan.matrix)
     assert found.sets == 2
+
+
+def test_maps_of_the_same_acs_are_calibrated_once():
+    scan = simulate_scan((48, 40), num_coils=6, snr=30, seed=5).undersampled(3, 16)
+    acs = scan.acs_kspace()[0]
+    first = espirit_maps(acs, scan.matrix)
+    assert espirit_maps(acs.copy(), scan.matrix) is first  # keyed by content, not identity
+    assert espirit_maps(acs, (56, 48)) is not first  # another grid is another calibration
+    assert not first.maps.flags.writeable  # shared: nobody may change them
+    changed = acs.copy()
+    changed[0, 0, 0] += 1
+    assert espirit_maps(changed, scan.matrix) is not first
+
+
+def test_the_voxel_eigendecomposition_on_threads_is_torchs():
+    generator = torch.Generator().manual_seed(6)
+    factors = torch.randn(500, 8, 3, dtype=torch.complex64, generator=generator)
+    operators = factors @ factors.mH
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        values, vectors = voxel_eigh(operators)
+    finally:
+        torch.set_num_threads(threads)
+    expected_values, expected_vectors = torch.linalg.eigh(operators)
+    torch.testing.assert_close(values, expected_values)
+    overlap = (expected_vectors[..., -1].conj() * vectors[..., -1]).sum(-1).abs()
+    torch.testing.assert_close(overlap, torch.ones_like(overlap), atol=1e-4, rtol=0)

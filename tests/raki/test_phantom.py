@@ -1,6 +1,7 @@
 """The phantom: deterministic, multi-coil, at the SNR asked for."""
 
 import numpy as np
+import pytest
 
 from raki.fft import ifft2c, rss_image
 from raki.phantom import coil_sensitivities, simulate_scan
@@ -37,3 +38,18 @@ def test_noise_level_follows_snr():
     inside = image > 0.05 * image.max()
     measured = image[inside].mean() / np.sqrt((np.abs(noise) ** 2).sum(1).mean())
     assert 15.0 < measured < 25.0
+
+
+def test_a_finer_phantom_is_a_window_of_a_finer_objects_spectrum():
+    """finer = f: the k-space a scanner would measure of the object drawn f times finer (its
+    spectrum's centre, not a period of the coarse image's DFT)."""
+    coarse = simulate_scan((32, 24), num_coils=4, snr=np.inf, seed=2, finer=2)
+    fine = simulate_scan((64, 48), num_coils=4, snr=np.inf, seed=2)
+    window = fine.kspace[..., 16:48, 12:36] / 2
+    np.testing.assert_allclose(coarse.kspace, window, rtol=0, atol=1e-4 * np.abs(window).max())
+    assert coarse.geometry.fov_mm[:2] == simulate_scan((32, 24), num_coils=4).geometry.fov_mm[:2]
+    noisy = simulate_scan((32, 24), num_coils=4, snr=10, seed=2, finer=2)
+    noise = noisy.kspace - coarse.kspace
+    assert 0 < np.std(noise) < 0.5 * np.std(coarse.kspace)
+    with pytest.raises(ValueError, match="finer"):
+        simulate_scan((32, 24), finer=0)

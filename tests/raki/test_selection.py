@@ -8,7 +8,7 @@ import torch
 
 from raki.errors import InvalidScanError
 from raki.fft import fft2c, ifft2c, rss_image
-from raki.method_names import DEFAULT_METHOD
+from raki.method_names import CS_GRIDS, DEFAULT_METHOD
 from raki.methods import reconstruct
 from raki.metrics import nmse
 from raki.phantom import simulate_scan
@@ -20,6 +20,7 @@ from raki.selection import (
     CsSettings,
     choose,
     describe_selection,
+    grid_preference,
     held_out_split,
     select_method,
 )
@@ -36,8 +37,10 @@ def one_thread():
 
 
 def true_errors(full: Scan, scan: Scan) -> dict[str, float]:
+    """Each candidate's NMSE by the reference; cs's on the better of its two grids."""
     reference = rss_image(full.kspace)
-    return {method: nmse(reference, reconstruct(scan, method).image) for method in ("cs", "grappa")}
+    cs = min(nmse(reference, reconstruct(scan, "cs", cs_grid=grid).image) for grid in CS_GRIDS)
+    return {"cs": cs, "grappa": nmse(reference, reconstruct(scan, "grappa").image)}
 
 
 def fast_varying_coils(cycles: int = 6) -> Scan:
@@ -87,7 +90,7 @@ def test_auto_is_the_default_and_its_result_carries_the_choice():
     assert result.timings["select_s"] == pytest.approx(chosen["seconds"], abs=1e-3)
     assert result.timings["total_s"] >= result.timings["select_s"]
     # The image is exactly what the chosen method gives, every slice of it.
-    alone = reconstruct(scan, chosen["method"])
+    alone = reconstruct(scan, chosen["method"], cs_grid=chosen["cs_grid"]["grid"])
     np.testing.assert_array_equal(result.kspace, alone.kspace)
     line = describe_selection(chosen)
     assert line.startswith(f"auto -> {chosen['method']} (held-out error {chosen['method']} ")
@@ -132,7 +135,10 @@ def test_held_out_lines_are_acs_lines_off_the_lattice_outside_its_inner_half():
     assert np.all((held - lattice) % 4 != 0)
     assert held.size == 9  # 12 band lines, 3 of them on the lattice
     assert not split.sampled[held].any()
-    kept = np.flatnonzero(scan.sampled & ~np.isin(np.arange(64), held))
+    # And the two outermost acquired lines on each side (cs's grid test).
+    outside = np.flatnonzero(scan.sampled & ~np.isin(np.arange(64), np.arange(acs.start, acs.stop)))
+    assert np.array_equal(split.edges, [*outside[:2], *outside[-2:]])
+    kept = np.flatnonzero(scan.sampled & ~np.isin(np.arange(64), [*held, *split.edges]))
     assert np.array_equal(np.flatnonzero(split.sampled), kept)
 
 
@@ -159,4 +165,52 @@ def test_another_candidate_replaces_cs_only_when_clearly_better_held_out():
     close = {"method": "cs", "candidates": {"cs": 0.0135, "grappa": 0.0128}, "margin": 0.75}
     assert describe_selection(close) == (
         "auto -> cs (held-out error grappa 0.0128, cs 0.0135: not under 0.75x cs's)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("label", "finer", "snr", "better"),
+    [
+        # k-space made by an FFT of an image: the periodic model of the measured grid is exact.
+        ("periodic, noiseless", 1, np.inf, "measured"),
+        ("periodic, SNR 50", 1, 50.0, "measured"),
+        # A window of a finer object's spectrum, as a scanner measures: the extended grid.
+        ("windowed, noiseless", 3, np.inf, "extended"),
+        ("windowed, SNR 20", 3, 20.0, "extended"),
+    ],
+)
+def test_cs_runs_on_the_grid_that_predicts_held_out_lines_better(label, finer, snr, better):
+    full = simulate_scan((64, 48), num_coils=12, snr=snr, seed=3, finer=finer)
+    scan = full.undersampled(3, 16)
+    reference = rss_image(full.kspace)
+    truth = {g: nmse(reference, reconstruct(scan, "cs", cs_grid=g).image) for g in CS_GRIDS}
+    worse = next(g for g in CS_GRIDS if g != better)
+    assert truth[better] < 0.9 * truth[worse], f"{label}: no clear winner {truth}"
+    selection = select_method(scan)
+    assert selection.cs_grid is not None and selection.cs_grid.grid == better, (label, truth)
+    record = selection.as_dict()["cs_grid"]
+    assert record["grid"] == better and set(record["acs_errors"]) == set(CS_GRIDS)
+    assert set(record["edge_errors"]) == set(CS_GRIDS)
+    result = reconstruct(scan)
+    assert result.selection["cs_grid"]["grid"] == better
+    if result.method == "cs":
+        assert result.details["grid"] == better
+
+
+def test_a_given_cs_grid_is_not_tested():
+    scan = simulate_scan((48, 40), num_coils=6, snr=20, seed=1).undersampled(3, 16)
+    selection = select_method(scan, cs=CsSettings(grid="measured"))
+    assert selection.cs_grid.grid == "measured"
+    assert set(selection.cs_grid.acs_errors) == {"measured"}
+
+
+def test_the_grid_rule_weighs_the_acs_and_the_edge_lines_alike():
+    assert grid_preference({"extended": 2.0, "measured": 1.0}, {}) == "measured"
+    assert grid_preference({"extended": 1.0, "measured": 1.0}, {}) == "extended"  # a tie
+    # ACS lines favour the measured grid 1.4x, the edges the extended one 1.5x: extended.
+    both = grid_preference({"extended": 1.4, "measured": 1.0}, {"extended": 1.0, "measured": 1.5})
+    assert both == "extended"
+    assert (
+        grid_preference({"extended": 1.4, "measured": 1.0}, {"extended": 0.9, "measured": 1.0})
+        == "measured"
     )

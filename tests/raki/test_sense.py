@@ -20,11 +20,14 @@ from raki.sense import (
     automatic_weight,
     cg_sense,
     coil_kspace,
+    extended_size,
+    fft2c,
     l1_wavelet_sense,
     p_shrink,
     reconstruct_sense,
     shifted_threshold,
     soft_threshold,
+    weight_on_grid,
 )
 from raki.wavelet import Wavelet2d
 
@@ -80,7 +83,9 @@ def test_cg_sense_with_espirit_maps_recovers_the_phantom_and_keeps_acquired_line
     clean_phantom, acceleration
 ):
     scan = clean_phantom.undersampled(acceleration, 16)
-    result = reconstruct_sense(scan, "tikhonov", weight=0.0)
+    # The simulated phantom's k-space is one period of a discrete image's spectrum: the model
+    # on the measured matrix is exact for it (the extended grid is for scanners' data, below).
+    result = reconstruct_sense(scan, "tikhonov", weight=0.0, grid="measured")
     assert nmse(rss_image(clean_phantom.kspace), rss_image(result.kspace)) < 1e-3
     assert np.array_equal(result.kspace[..., scan.sampled], scan.kspace[..., scan.sampled])
     assert result.map_sets == [1] and result.weights == [0.0]
@@ -214,10 +219,55 @@ def test_l1_wavelet_is_soft_thresholding_at_its_own_weight(noisy_phantom):
     maps = espirit_maps(acs, scan.matrix)
     wavelet, l1 = (automatic_weight(name, maps, acs) for name in ("wavelet", "l1-wavelet"))
     assert l1 / wavelet == pytest.approx(SOFT_WEIGHT_SCALE / L1_WEIGHT_SCALE)
-    classic = reconstruct_sense(scan, "l1-wavelet", iterations=10)
+    classic = reconstruct_sense(scan, "l1-wavelet", iterations=10, grid="measured")
     operator = SenseOperator.build(maps.maps, scan.sampled)
     measured = torch.from_numpy(scan.kspace[0])
     image, _ = l1_wavelet_sense(operator, measured, l1, iterations=10, p=1.0)
     expected = coil_kspace(operator, image, measured).numpy()
     np.testing.assert_allclose(classic.kspace[0], expected, atol=1e-5 * np.abs(expected).max())
     assert classic.regularizer == "l1-wavelet"
+
+
+@pytest.mark.parametrize(
+    ("size", "extended"), [(96, 120), (64, 72), (168, 192), (320, 360), (48, 64), (640, 720)]
+)
+def test_the_extended_grid_grows_each_axis_by_an_eighth_to_an_fft_friendly_size(size, extended):
+    assert extended_size(size) == extended
+    assert (extended - size) % 2 == 0 and extended % 8 == 0
+    assert extended_size(size, 0.0) == size
+    assert extended_size(45) % 2 == 1  # odd sizes stay odd: the same padding on both sides
+
+
+def test_the_extended_operator_crops_to_the_measured_window_and_its_adjoint_pads():
+    generator = torch.Generator().manual_seed(4)
+    maps = torch.randn(1, 3, 20, 16, dtype=torch.complex64, generator=generator)
+    operator = SenseOperator(maps, torch.arange(12) % 2 == 0, (14, 12))
+    image = torch.randn(1, 20, 16, dtype=torch.complex64, generator=generator)
+    kspace = torch.randn(3, 14, 12, dtype=torch.complex64, generator=generator)
+    assert operator.forward(image).shape == (3, 14, 12)
+    full = fft2c(operator.coil_images(image))
+    torch.testing.assert_close(operator.predict(image), full[:, 3:17, 2:14])
+    left = torch.vdot(operator.forward(image).flatten(), kspace.flatten())
+    right = torch.vdot(image.flatten(), operator.adjoint(kspace).flatten())
+    assert abs(complex(left) - complex(right)) < 1e-3 * abs(complex(left))
+
+
+def test_a_given_weight_means_the_same_on_either_grid():
+    assert weight_on_grid("wavelet", 2.0, (64, 48), (64, 48)) == 2.0
+    assert weight_on_grid("wavelet", 2.0, (64, 48), (128, 96)) == pytest.approx(1.0)
+    assert weight_on_grid("tikhonov", 2.0, (64, 48), (128, 96)) == 2.0
+
+
+@pytest.mark.parametrize("finer", [1, 3])
+def test_cs_is_best_on_the_grid_that_matches_how_the_k_space_was_made(finer):
+    """A scanner measures a window of an object's spectrum (finer = 3 here): the periodic model
+    wraps its edges and cs on the extended grid wins. k-space made by an FFT of an image
+    (finer = 1) is exactly periodic: the measured grid wins."""
+    full = simulate_scan((64, 48), num_coils=12, snr=np.inf, seed=3, finer=finer)
+    scan = full.undersampled(3, 16)
+    scores = {grid: nmse_of(scan, full, grid=grid) for grid in ("extended", "measured")}
+    better, worse = ("extended", "measured") if finer > 1 else ("measured", "extended")
+    assert scores[better] < 0.2 * scores[worse], scores
+    result = reconstruct_sense(scan)
+    assert result.grid == "extended" and result.grid_size == (72, 64)
+    assert result.details()["grid_size"] == [72, 64]
