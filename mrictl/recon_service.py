@@ -21,6 +21,7 @@ from raki.errors import InvalidScanError
 from raki.fft import rss_image
 from raki.io import read_scan
 from raki.io.image_hdf5 import write_reconstruction
+from raki.method_names import CS_GRIDS
 from raki.methods import (
     DEFAULT_METHOD,
     MethodChoice,
@@ -52,15 +53,26 @@ class ReconOptions:
     # k-space's scale (None: chosen per slice from the ACS noise level).
     cs_regularizer: str | None = None
     cs_weight: float | None = None
+    # cs's image grid (raki.method_names.CS_GRIDS): None lets cs use "extended" (a scanner's
+    # window of the spectrum) and auto test both on held-out lines.
+    cs_grid: str | None = None
 
     def __post_init__(self) -> None:
         check_method_and_device(self.method, self.device)
         check_cs_settings(self.cs_regularizer, self.cs_weight)
+        if self.cs_grid is not None and self.cs_grid not in CS_GRIDS:
+            raise MrictlError(
+                f"unknown cs grid {self.cs_grid!r}; choose one of {', '.join(CS_GRIDS)}",
+                ExitCode.USAGE,
+            )
         resolve_device(self.device)  # "cuda" without a GPU is refused for every method
-        cs_given = self.cs_regularizer is not None or self.cs_weight is not None
+        cs_given = any(
+            value is not None for value in (self.cs_regularizer, self.cs_weight, self.cs_grid)
+        )
         if cs_given and (self.method not in (None, "cs", "auto") or self.weights is not None):
             raise MrictlError(
-                "--cs-regularizer and --cs-weight apply to cs and auto only; leave them out",
+                "--cs-regularizer, --cs-weight and --cs-grid apply to cs and auto only; "
+                "leave them out",
                 ExitCode.USAGE,
             )
         if self.weights is not None and (self.iterations is not None or self.training):
@@ -76,7 +88,7 @@ class ReconOptions:
     def method_settings(self) -> dict[str, Any]:
         """`raki.methods.reconstruct`'s keyword arguments for cs (the library's defaults when
         not given)."""
-        settings: dict[str, Any] = {"cs_weight": self.cs_weight}
+        settings: dict[str, Any] = {"cs_weight": self.cs_weight, "cs_grid": self.cs_grid}
         if self.cs_regularizer is not None:
             settings["regularizer"] = self.cs_regularizer
         return settings
@@ -117,12 +129,15 @@ class Reconstruction:
         """What the output file and job record say about how the image was made.
 
         `selection` is what "auto" chose and why (`raki.selection.MethodSelection.as_dict`);
-        `cs` how cs ran when it made the image (regulariser, weight rule, weights per slice).
+        `cs` how cs ran when it made the image (regulariser, weight rule, weights per slice,
+        image grid).
         """
         details = self.result.details
         cs = None
         if self.result.method == "cs":
-            cs = {key: details.get(key) for key in ("regularizer", "weight_rule", "weights")}
+            cs = {
+                key: details.get(key) for key in ("regularizer", "weight_rule", "weights", "grid")
+            }
         return {
             "method": self.result.method,
             "acceleration": self.scan.acceleration,

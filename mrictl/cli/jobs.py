@@ -31,6 +31,7 @@ from mrictl.cli.pacs_options import (
 from mrictl.cli.recon import (
     AccelOption,
     AcsOption,
+    CsGridOption,
     CsRegularizerOption,
     CsWeightOption,
     IterationsOption,
@@ -145,6 +146,7 @@ def submit(
     ] = None,
     cs_regularizer: CsRegularizerOption = None,
     cs_weight: CsWeightOption = None,
+    cs_grid: CsGridOption = None,
     wait: WaitOption = False,
     timeout: TimeoutOption = None,
     home: HomeOption = None,
@@ -168,6 +170,7 @@ def submit(
             "weights_job": weights,
             "cs_regularizer": cs_regularizer,
             "cs_weight": cs_weight,
+            "cs_grid": cs_grid,
         },
     )
     report_submitted(output, store, record, wait, timeout)
@@ -221,9 +224,7 @@ def watch(
     live = output.interactive and not json
     if live or timeout is not None:
         # The live view is progress on stderr, gone when done: the final table is the result.
-        table = Live(
-            records_table(records, STATUS_COLUMNS), console=output.console, transient=True
-        )
+        table = Live(records_table(records, STATUS_COLUMNS), console=output.console, transient=True)
         with table if live else contextlib.nullcontext():
             while busy(records) and (deadline is None or time.monotonic() < deadline):
                 time.sleep(interval if deadline is None else min(interval, timeout))

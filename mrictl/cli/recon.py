@@ -13,7 +13,13 @@ from mrictl.cli.common import DeviceOption, JsonFlag
 from mrictl.cli.paths import check_hdf5_output, check_output
 from mrictl.config import load_settings
 from mrictl.output import Output, key_value_table
-from raki.method_names import AUTO_CANDIDATES, CS_REGULARIZERS, DEFAULT_METHOD, METHODS
+from raki.method_names import (
+    AUTO_CANDIDATES,
+    CS_GRIDS,
+    CS_REGULARIZERS,
+    DEFAULT_METHOD,
+    METHODS,
+)
 
 app = typer.Typer(help="Reconstruct scans: locally now, or as queued jobs.", no_args_is_help=True)
 
@@ -42,6 +48,14 @@ CsWeightOption = Annotated[
         "--cs-weight",
         help="cs: the regularisation weight on the k-space's scale (default: chosen per slice "
         "from the ACS noise level).",
+    ),
+]
+CsGridOption = Annotated[
+    str | None,
+    typer.Option(
+        "--cs-grid",
+        help=f"cs's image grid: {CS_GRIDS[0]} (a scanner's data) or {CS_GRIDS[1]} (k-space made "
+        "by an image's FFT). Default: cs uses extended, auto tests both.",
     ),
 ]
 AccelOption = Annotated[
@@ -88,6 +102,7 @@ def run(
     ] = None,
     cs_regularizer: CsRegularizerOption = None,
     cs_weight: CsWeightOption = None,
+    cs_grid: CsGridOption = None,
     json: JsonFlag = False,
     training: dict[str, Any] | None = None,
 ) -> None:
@@ -109,6 +124,7 @@ def run(
         training=training,
         cs_regularizer=cs_regularizer,
         cs_weight=cs_weight,
+        cs_grid=cs_grid,
     )
     with output.progress(method or DEFAULT_METHOD, total=None) as update:
         document = reconstruct_file(
@@ -131,7 +147,9 @@ def run(
 
             rows["method"] = describe_selection(document["selection"])
         if document.get("cs"):
-            rows["cs"] = f"{document['cs']['regularizer']}, weight {document['cs']['weight_rule']}"
+            cs = document["cs"]
+            grid = f", {cs['grid']} grid" if cs.get("grid") else ""
+            rows["cs"] = f"{cs['regularizer']}, weight {cs['weight_rule']}{grid}"
         for key, value in (document.get("metrics") or {}).items():
             rows[key] = f"{value:.4g}"
         console.print(key_value_table(rows, title=f"reconstructed {source.name}"))

@@ -136,6 +136,7 @@ def _options(payload: dict[str, Any], weights: Path | None = None) -> Any:
         training=dict(options.get("training") or {}),
         cs_regularizer=options.get("cs_regularizer"),
         cs_weight=options.get("cs_weight"),
+        cs_grid=options.get("cs_grid"),
     )
 
 

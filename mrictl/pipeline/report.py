@@ -21,6 +21,7 @@ import numpy as np
 
 from mrictl import __version__
 from mrictl.errors import ExitCode, MrictlError
+from raki.method_names import CS_GRIDS
 from raki.scan import Identifiers
 
 REPORT_SCHEMA = "mrictl.report/1"
@@ -163,7 +164,32 @@ def _selection_lines(selection: object) -> list[str]:
     return [
         f"- Chosen by: {_escape(describe_selection(dict(selection)))}",
         f"- Rule: {_escape(selection.get('rule'))}, {seconds} s",
+        *_cs_grid_lines(selection.get("cs_grid")),
     ]
+
+
+def _cs_grid_lines(test: object) -> list[str]:
+    """cs's grid and the held-out errors behind it (`raki.selection.GridTest.as_dict`), so a
+    reader sees why auto's cs ran on that grid; the parts the test did not make are left out."""
+    if not isinstance(test, Mapping) or not test.get("grid"):
+        return []
+    acs, edge = (test.get(key) or {} for key in ("acs_errors", "edge_errors"))
+    acs_grids = [grid for grid in CS_GRIDS if grid in acs]
+    edge_grids = [grid for grid in CS_GRIDS if grid in edge]
+    parts = []
+    if acs_grids:
+        listed = " / ".join(f"{grid} {_cell(acs[grid], '{:.3g}')}" for grid in acs_grids)
+        parts.append(f"{listed} on the ACS lines")
+    if edge_grids:
+        # The grids are named once, unless the edge test scored others than the ACS test.
+        named = edge_grids != acs_grids
+        listed = " / ".join(
+            f"{grid} {_cell(edge[grid], '{:.3g}')}" if named else _cell(edge[grid], "{:.3g}")
+            for grid in edge_grids
+        )
+        parts.append(f"{listed} on the edge lines")
+    errors = f" (held-out error {', '.join(parts)})" if parts else ""
+    return [f"- cs grid: {_escape(test['grid'])}{errors}"]
 
 
 def _markdown(

@@ -12,7 +12,7 @@ from mrictl import keys
 from mrictl.backends.base import Backend
 from mrictl.choices import check_cs_settings, check_method_and_device
 from mrictl.errors import ExitCode, MrictlError
-from raki.method_names import DEFAULT_METHOD, METHODS, NEURAL_METHODS
+from raki.method_names import CS_GRIDS, DEFAULT_METHOD, METHODS, NEURAL_METHODS
 
 # Options a recon job accepts, with their types; anything else is refused at submit.
 RECON_OPTIONS: dict[str, type] = {
@@ -25,7 +25,10 @@ RECON_OPTIONS: dict[str, type] = {
     "weights_job": str,  # a train job whose stored weights the recon applies
     "cs_regularizer": str,  # how cs runs, alone or chosen by auto (raki.sense)
     "cs_weight": float,
+    "cs_grid": str,  # cs's image grid (raki.method_names.CS_GRIDS); absent: auto tests both
 }
+# The options that only cs (alone or chosen by auto) takes.
+CS_OPTIONS = frozenset({"cs_regularizer", "cs_weight", "cs_grid"})
 # Options a train job accepts.
 TRAIN_OPTIONS = ("acceleration", "acs_lines", "device", "iterations", "training")
 
@@ -69,16 +72,20 @@ def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict
             check_cs_settings(value, None)
         if name == "cs_weight":
             check_cs_settings(None, value)
+        if name == "cs_grid" and value not in CS_GRIDS:
+            raise MrictlError(
+                f"unknown cs grid {value!r}; choose one of {', '.join(CS_GRIDS)}", ExitCode.USAGE
+            )
         if name == "weights_job" and not keys.is_job_id(value):
             raise MrictlError(f"{value!r} is not a job id (job-...)", ExitCode.USAGE)
         if kind is int and value < (0 if name == "acs_lines" else 1):
             raise MrictlError(f"option {name!r} is out of range: {value}", ExitCode.USAGE)
         clean[name] = value
-    if {"cs_regularizer", "cs_weight"} & set(clean) and (
+    if CS_OPTIONS & set(clean) and (
         (method or DEFAULT_METHOD) not in ("cs", "auto") or "weights_job" in clean
     ):
         raise MrictlError(
-            "--cs-regularizer and --cs-weight apply to cs and auto only; leave them out",
+            "--cs-regularizer, --cs-weight and --cs-grid apply to cs and auto only; leave them out",
             ExitCode.USAGE,
         )
     if "weights_job" in clean and ({"iterations", "training"} & set(clean)):

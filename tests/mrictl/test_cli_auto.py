@@ -61,6 +61,7 @@ def test_the_human_output_says_auto_and_its_choice(tmp_path, full_scan):
 def test_help_states_the_default_and_what_auto_does():
     text = " ".join(invoke("recon", "run", "--help").stdout.replace("│", " ").split())
     assert "Default auto" in text and "--cs-regularizer" in text and "--cs-weight" in text
+    assert "--cs-grid" in text and "auto tests both" in text
 
 
 def test_cs_regularizer_and_weight_are_honoured(tmp_path, full_scan):
@@ -80,7 +81,12 @@ def test_cs_regularizer_and_weight_are_honoured(tmp_path, full_scan):
         "--json",
     )
     assert outcome.exit_code == 0, outcome.stderr
-    given = {"regularizer": "tikhonov", "weight_rule": "given", "weights": [0.5]}
+    given = {
+        "regularizer": "tikhonov",
+        "weight_rule": "given",
+        "weights": [0.5],
+        "grid": "extended",
+    }
     assert outcome.json()["cs"] == given
     automatic = invoke(
         "recon",
@@ -97,12 +103,37 @@ def test_cs_regularizer_and_weight_are_honoured(tmp_path, full_scan):
     assert automatic["cs"]["weight_rule"] == "automatic"
 
 
+def test_cs_grid_reaches_cs_and_auto(tmp_path, full_scan):
+    """--cs-grid measured: cs solves on the measured grid (recorded in the JSON and the output
+    file); auto tests that grid alone instead of both."""
+    out = tmp_path / "measured.h5"
+    cs = invoke(
+        "recon", "run", str(full_scan), *RETROSPECTIVE, "--method", "cs", "--cs-grid", "measured",
+        "--out", str(out), "--json",
+    )  # fmt: skip
+    assert cs.exit_code == 0, cs.stderr
+    assert cs.json()["cs"]["grid"] == "measured"
+    with h5py.File(out) as handle:
+        assert json.loads(handle.attrs["cs"])["grid"] == "measured"
+    auto = invoke(
+        "recon", "run", str(full_scan), *RETROSPECTIVE, "--cs-grid", "measured",
+        "--out", str(tmp_path / "auto.h5"), "--json",
+    )  # fmt: skip
+    assert auto.exit_code == 0, auto.stderr
+    tested = auto.json()["selection"]["cs_grid"]
+    assert tested["grid"] == "measured" and set(tested["acs_errors"]) == {"measured"}
+    if auto.json()["method"] == "cs":
+        assert auto.json()["cs"]["grid"] == "measured"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
         (("--cs-regularizer", "tv"), "unknown cs regularizer 'tv'; choose one of wavelet, "),
         (("--cs-weight", "-1"), "--cs-weight must be >= 0"),
         (("--method", "grappa", "--cs-regularizer", "tikhonov"), "apply to cs and auto only"),
+        (("--cs-grid", "periodic"), "unknown cs grid 'periodic'; choose one of extended, measured"),
+        (("--method", "zerofill", "--cs-grid", "measured"), "apply to cs and auto only"),
     ],
 )
 def test_bad_cs_settings_are_one_line_usage_errors(tmp_path, full_scan, flags, message):
@@ -124,3 +155,29 @@ def test_recon_submit_carries_the_cs_settings_in_the_payload(full_scan):
     refused = invoke("recon", "submit", str(full_scan), *RETROSPECTIVE, "--cs-regularizer", "tv")
     assert refused.exit_code == ExitCode.USAGE
     assert "unknown cs regularizer 'tv'" in refused.stderr
+
+
+def test_recon_submit_carries_the_cs_grid_and_refuses_a_bad_one(tmp_path, full_scan):
+    """The payload carries --cs-grid and the worker's cs solves on that grid."""
+    submitted = invoke(
+        "recon", "submit", str(full_scan), *RETROSPECTIVE, "--method", "cs",
+        "--cs-grid", "measured", "--json",
+    )  # fmt: skip
+    assert submitted.exit_code == 0, submitted.stderr
+    assert submitted.json()["options"]["cs_grid"] == "measured"
+    worked = invoke("worker", "run", "--once", "--json")
+    assert worked.exit_code == 0, worked.stderr
+    got = tmp_path / "got"
+    fetched = invoke("fetch", submitted.json()["job_id"], "--out", str(got), "--json")
+    assert fetched.exit_code == 0, fetched.stderr
+    assert json.loads((got / "result.json").read_text())["cs"]["grid"] == "measured"
+    with h5py.File(got / "reconstruction.h5") as handle:
+        assert json.loads(handle.attrs["cs"])["grid"] == "measured"
+    for flags, message in (
+        (("--cs-grid", "periodic"), "unknown cs grid 'periodic'"),
+        (("--method", "grappa", "--cs-grid", "measured"), "apply to cs and auto only"),
+    ):
+        refused = invoke("recon", "submit", str(full_scan), *RETROSPECTIVE, *flags)
+        assert refused.exit_code == ExitCode.USAGE
+        lines = [line for line in refused.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and message in lines[0]

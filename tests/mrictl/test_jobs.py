@@ -231,6 +231,30 @@ def test_a_queued_job_records_the_choice_and_honours_the_cs_settings(backend, tm
     assert not (images["tikhonov"] == images["l1"]).all()
 
 
+def test_a_queued_job_honours_the_cs_grid(backend, tmp_path):
+    """The payload's cs_grid reaches the worker's cs (the default is the extended grid): the
+    result says which grid, and the measured grid's image is another image."""
+    scan_file = write_tiny_scan(tmp_path / "scan.h5")
+    options = {"acceleration": 2, "acs_lines": 12}
+    measured = jobs.submit(backend, scan_file, "cs", {**options, "cs_grid": "measured"})
+    assert measured["options"]["cs_grid"] == "measured"
+    default = jobs.submit(backend, scan_file, "cs", options)
+    while process(backend):
+        pass
+    images = {}
+    for grid, submitted in (("measured", measured), ("extended", default)):
+        final = jobs.wait(backend, submitted["job_id"], timeout=10)
+        assert final["state"] == "succeeded", final["error"]
+        fetched = jobs.fetch(backend, final["job_id"], tmp_path / grid)
+        result = json.loads(next(p for p in fetched if p.name == "result.json").read_text())
+        assert result["cs"]["grid"] == grid
+        images[grid] = read_reconstruction(next(p for p in fetched if p.suffix == ".h5"))[0]
+    assert not (images["measured"] == images["extended"]).all()
+    with pytest.raises(MrictlError, match="apply to cs and auto only") as refused:
+        jobs.submit(backend, scan_file, "grappa", {**options, "cs_grid": "measured"})
+    assert refused.value.exit_code == ExitCode.USAGE
+
+
 def test_fetch_is_all_or_nothing_and_keeps_jobs_apart(backend, tmp_path):
     first = jobs.submit(backend, write_tiny_scan(tmp_path / "a.h5"), "zerofill", RETROSPECTIVE)
     second = jobs.submit(
