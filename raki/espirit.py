@@ -247,6 +247,11 @@ def espirit_maps(
 
 
 @single_threaded_blas()
+def clear_maps_cache() -> None:
+    """Forget every kept calibration (benchmarks time each method from a cold start)."""
+    _cache.clear()
+
+
 def _calibrate(
     acs: np.ndarray,
     matrix: tuple[int, int],

@@ -4,10 +4,18 @@ The forward model of one slice (Pruessmann et al., MRM 46:638-651, 2001; with ES
 sets, Uecker et al., MRM 71:990-1001, 2014) takes an image of one component per map set,
 x [set, x, y], to the acquired k-space of every coil,
 
-    A x = M F sum_s S_s x_s,
+    A x = M C F sum_s S_s x_s,
 
-with S_s [coil, x, y] the maps, F the centred orthonormal 2D FFT (`raki.fft`) and M the ky
-sampling mask. Two estimates of x:
+with S_s [coil, x, y] the maps, F the centred orthonormal 2D FFT (`raki.fft`), M the ky
+sampling mask and C the crop of the image grid's k-space to the measured matrix. The image
+grid is by default an eighth larger per axis than the measured matrix (`GRID_EXTENSION`, the
+"extended" grid: same field of view, finer pixels). A scanner measures a window of the
+object's spectrum; on the measured matrix itself (C = I, the "measured" grid) the model is
+periodic, and a spectrum still strong at the window's edge (the shared 16-coil brains) is
+wrapped onto the opposite edge, which both the unfolding and the prior pay for: the extended
+grid lowered cs's NMSE to 0.43-0.96x on every shared file (docs/benchmarks.md, "cs on an
+extended grid"). k-space made by an FFT of an image (simulations) is exactly periodic, and
+there the measured grid wins; `raki.selection` tests both for auto. Two estimates of x:
 
 - Tikhonov ("CG-SENSE"): argmin ||A x - y||^2 + lambda ||x||^2, by conjugate gradients on
   (A^H A + lambda I) x = A^H y.
@@ -30,7 +38,7 @@ sampling mask. Two estimates of x:
   denoising", IEEE SPL 19:187-190, 2012), so that no grid's block edges stay in the image.
 
 Both stop after a fixed number of iterations or when an iteration changes x by less than
-`tolerance` relative to its norm. The coil k-space of the result is F S x with the acquired
+`tolerance` relative to its norm. The coil k-space of the result is C F S x with the acquired
 lines put back as measured, so the image is the RSS of coil images, like every other method's.
 """
 

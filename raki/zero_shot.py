@@ -208,7 +208,7 @@ def train_slice(
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     split = split_samples(acquired, config, rng)
-    maps_tensor = torch.as_tensor(maps.maps, device=device)
+    maps_tensor = torch.as_tensor(maps.maps.copy(), device=device)  # maps are shared, read-only
     matrix = (int(kspace.shape[-2]), int(kspace.shape[-1]))
     grid = (int(maps.maps.shape[-2]), int(maps.maps.shape[-1]))
     weights = {

@@ -172,24 +172,30 @@ def test_cs_peer_with_bart(tmp_path: Path, no_data: str) -> None:
     assert bart["nmse"] == min(row["nmse"] for row in bart["sweep"].values())
 
 
+AUTO_OUTCOMES = ("cs/extended", "cs/measured", "grappa")
+
+
 def check_auto_case(case: dict) -> None:
     rows = case["methods"]
     selection = rows["auto"]["selection"]
-    assert selection["method"] in ("cs", "grappa") and case["chosen"] == selection["method"]
-    assert case["best_candidate"] == min(("cs", "grappa"), key=lambda m: rows[m]["nmse"])
-    # auto is the candidate it chose.
-    assert rows["auto"]["nmse"] == pytest.approx(rows[selection["method"]]["nmse"], rel=1e-6)
-    assert all(finite(rows[m]["nmse"]) and rows[m]["seconds"] > 0 for m in ("cs", "grappa"))
+    chosen = selection["method"]
+    if chosen == "cs":
+        chosen += "/" + selection["cs_grid"]["grid"]
+    assert chosen in AUTO_OUTCOMES and case["chosen"] == chosen
+    assert case["best_candidate"] == min(AUTO_OUTCOMES, key=lambda m: rows[m]["nmse"])
+    # auto is the candidate it chose, on the grid it chose.
+    assert rows["auto"]["nmse"] == pytest.approx(rows[chosen]["nmse"], rel=1e-6)
+    assert all(finite(rows[m]["nmse"]) and rows[m]["seconds"] > 0 for m in AUTO_OUTCOMES)
 
 
 def test_auto_peer_on_one_phantom_without_bart(tmp_path: Path, no_data: str) -> None:
     payload = bench(
         "auto_peer", tmp_path, "--threads", "1", "--data", no_data,
-        "--only", "phantom 8ch SNR 20", path=without_bart(),
+        "--only", "windowed phantom 8ch", path=without_bart(),
     )  # fmt: skip
     assert payload["machine"]["bart"] is None
     (case,) = payload["cases"]
-    assert case["data"] == "phantom 8ch SNR 20" and "bart" not in case["methods"]
+    assert case["data"] == "windowed phantom 8ch SNR 20" and "bart" not in case["methods"]
     check_auto_case(case)
 
 
@@ -198,7 +204,7 @@ def test_auto_peer_on_one_phantom_without_bart(tmp_path: Path, no_data: str) -> 
 def test_auto_peer_with_bart(tmp_path: Path, no_data: str) -> None:
     payload = bench(
         "auto_peer", tmp_path, "--threads", "1", "--data", no_data,
-        "--only", "phantom 8ch SNR 20",
+        "--only", "windowed phantom 8ch",
     )  # fmt: skip
     (case,) = payload["cases"]
     check_auto_case(case)
@@ -260,9 +266,7 @@ def test_time_to_quality_two_iterations(tmp_path: Path) -> None:
 
 
 def test_grappa_peer_sweep_on_one_phantom(tmp_path: Path, no_data: str) -> None:
-    payload = bench(
-        "grappa_peer", tmp_path, "--data", no_data, "--sweep-only", "--only", "snr 30"
-    )
+    payload = bench("grappa_peer", tmp_path, "--data", no_data, "--sweep-only", "--only", "snr 30")
     assert payload["cases"] == []
     sweep = payload["sweep"]
     assert {row["data"] for row in sweep["rows"]} == {"phantom 8ch snr 30"}
