@@ -58,20 +58,30 @@ def possible_levels(size: int, taps: int) -> int:
 
 
 def _apply(
-    parts: torch.Tensor,
+    planes: torch.Tensor,
     size: tuple[int, int],
     rows: torch.Tensor | None,
     columns: torch.Tensor | None,
 ) -> None:
-    """parts[..., :nx, :ny, :] = rows @ block @ columns^T (None: that axis untouched), on the
-    real and imaginary parts alike."""
+    """planes[..., :nx, :ny] = rows @ block @ columns^T (None: that axis untouched), on the
+    real and imaginary planes [..., 2, x, y] alike: two plain real matrix products."""
     nx, ny = size
-    block = parts[..., :nx, :ny, :]
+    block = planes[..., :nx, :ny]
     if rows is not None:
-        block = (rows @ block.reshape(*block.shape[:-3], nx, ny * 2)).reshape(block.shape)
+        block = rows @ block
     if columns is not None:
-        block = torch.einsum("...xyc,zy->...xzc", block, columns)
-    parts[..., :nx, :ny, :] = block
+        block = block @ columns.T
+    planes[..., :nx, :ny] = block
+
+
+def _planes(image: torch.Tensor) -> torch.Tensor:
+    """Complex [..., x, y] -> its real and imaginary planes [..., 2, x, y] (a copy)."""
+    return torch.view_as_real(image).movedim(-1, -3).contiguous()
+
+
+def _complex(planes: torch.Tensor) -> torch.Tensor:
+    """Planes [..., 2, x, y] -> complex [..., x, y]."""
+    return torch.view_as_complex(planes.movedim(-3, -1).contiguous())
 
 
 class Wavelet2d:
@@ -116,22 +126,22 @@ class Wavelet2d:
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Coefficients in Mallat's layout, the coarsest approximation top-left."""
-        parts = torch.view_as_real(image.clone())
+        planes = _planes(image)
         for size, rows, columns in self._levels:
-            _apply(parts, size, rows, columns)
-        return torch.view_as_complex(parts)
+            _apply(planes, size, rows, columns)
+        return _complex(planes)
 
     def inverse(self, coefficients: torch.Tensor) -> torch.Tensor:
         """The image whose `forward` is `coefficients`: the adjoint (orthogonal levels)."""
-        parts = torch.view_as_real(coefficients.clone())
+        planes = _planes(coefficients)
         for size, rows, columns in reversed(self._levels):
             _apply(
-                parts,
+                planes,
                 size,
                 None if rows is None else rows.T,
                 None if columns is None else columns.T,
             )
-        return torch.view_as_complex(parts)
+        return _complex(planes)
 
     def detail_mask(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """bool [x, y]: the detail coefficients (everything but the coarsest approximation)."""
