@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from mrictl.errors import ExitCode, MrictlError
 from raki.device_names import DEVICES, is_device_name
-from raki.method_names import CS_REGULARIZERS, METHODS
+from raki.method_names import CS_GRIDS, CS_REGULARIZERS, METHODS
 
 
 def check_method_and_device(
@@ -27,8 +27,10 @@ def check_method_and_device(
         )
 
 
-def check_cs_settings(regularizer: str | None, weight: float | None) -> None:
-    """A usage error for a regulariser that does not exist or a negative weight."""
+def check_cs_settings(
+    regularizer: str | None, weight: float | None, grid: str | None = None
+) -> None:
+    """A usage error for a regulariser or grid that does not exist or a negative weight."""
     if regularizer is not None and regularizer not in CS_REGULARIZERS:
         raise MrictlError(
             f"unknown cs regularizer {regularizer!r}; choose one of {', '.join(CS_REGULARIZERS)}",
@@ -36,3 +38,7 @@ def check_cs_settings(regularizer: str | None, weight: float | None) -> None:
         )
     if weight is not None and not weight >= 0:
         raise MrictlError(f"--cs-weight must be >= 0, got {weight}", ExitCode.USAGE)
+    if grid is not None and grid not in CS_GRIDS:
+        raise MrictlError(
+            f"unknown cs grid {grid!r}; choose one of {', '.join(CS_GRIDS)}", ExitCode.USAGE
+        )

@@ -21,7 +21,6 @@ from raki.errors import InvalidScanError
 from raki.fft import rss_image
 from raki.io import read_scan
 from raki.io.image_hdf5 import write_reconstruction
-from raki.method_names import CS_GRIDS
 from raki.methods import (
     DEFAULT_METHOD,
     MethodChoice,
@@ -59,12 +58,7 @@ class ReconOptions:
 
     def __post_init__(self) -> None:
         check_method_and_device(self.method, self.device)
-        check_cs_settings(self.cs_regularizer, self.cs_weight)
-        if self.cs_grid is not None and self.cs_grid not in CS_GRIDS:
-            raise MrictlError(
-                f"unknown cs grid {self.cs_grid!r}; choose one of {', '.join(CS_GRIDS)}",
-                ExitCode.USAGE,
-            )
+        check_cs_settings(self.cs_regularizer, self.cs_weight, self.cs_grid)
         resolve_device(self.device)  # "cuda" without a GPU is refused for every method
         cs_given = any(
             value is not None for value in (self.cs_regularizer, self.cs_weight, self.cs_grid)

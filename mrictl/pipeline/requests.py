@@ -12,7 +12,7 @@ from mrictl import keys
 from mrictl.backends.base import Backend
 from mrictl.choices import check_cs_settings, check_method_and_device
 from mrictl.errors import ExitCode, MrictlError
-from raki.method_names import CS_GRIDS, DEFAULT_METHOD, METHODS, NEURAL_METHODS
+from raki.method_names import DEFAULT_METHOD, METHODS, NEURAL_METHODS
 
 # Options a recon job accepts, with their types; anything else is refused at submit.
 RECON_OPTIONS: dict[str, type] = {
@@ -72,10 +72,8 @@ def recon_request(method: str | None, options: Mapping[str, Any] | None) -> dict
             check_cs_settings(value, None)
         if name == "cs_weight":
             check_cs_settings(None, value)
-        if name == "cs_grid" and value not in CS_GRIDS:
-            raise MrictlError(
-                f"unknown cs grid {value!r}; choose one of {', '.join(CS_GRIDS)}", ExitCode.USAGE
-            )
+        if name == "cs_grid":
+            check_cs_settings(None, None, value)
         if name == "weights_job" and not keys.is_job_id(value):
             raise MrictlError(f"{value!r} is not a job id (job-...)", ExitCode.USAGE)
         if kind is int and value < (0 if name == "acs_lines" else 1):
