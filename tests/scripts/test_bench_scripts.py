@@ -199,6 +199,21 @@ def test_auto_peer_on_one_phantom_without_bart(tmp_path: Path, no_data: str) -> 
     check_auto_case(case)
 
 
+def test_auto_time_on_small_phantoms_without_bart(tmp_path: Path) -> None:
+    payload = bench(
+        "auto_time", tmp_path, "--threads", "1", "--repeats", "1", "--slices", "2",
+        "--size", "48", path=without_bart(),
+    )  # fmt: skip
+    cases = payload["cases"]
+    assert [(c["data"].split()[0], c["slices"]) for c in cases] == [
+        ("periodic", 1), ("periodic", 2), ("windowed", 1), ("windowed", 2)
+    ]  # fmt: skip
+    for case in cases:
+        assert case["bart_seconds"] == [] and case["bart_median"] is None
+        assert len(case["auto_seconds"]) == 1 and case["auto_median"] > 0
+        assert all(chosen.split("/")[0] in ("cs", "grappa") for chosen in case["chosen"])
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bart") is None, reason="BART (/usr/bin/bart) is not installed")
 def test_auto_peer_with_bart(tmp_path: Path, no_data: str) -> None:
