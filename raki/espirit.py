@@ -25,9 +25,11 @@ batched C x C eigendecomposition per voxel.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -195,6 +197,47 @@ def body_coil_weights(acs: np.ndarray) -> np.ndarray:
     return left[:, 0]
 
 
+def clear_maps_cache() -> None:
+    """Forget every kept calibration (benchmarks time each method from a cold start)."""
+    _cache.clear()
+
+
+def _fingerprint(value: object) -> object:
+    """A hashable stand-in for an argument: arrays by their bytes, shape and type."""
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        return (hashlib.sha256(data.view(np.uint8)).hexdigest(), data.shape, str(data.dtype))
+    if isinstance(value, (list, tuple)):
+        return tuple(_fingerprint(item) for item in value)
+    return str(value) if isinstance(value, torch.device) else value
+
+
+def _remembered(function: Callable[..., EspiritMaps]) -> Callable[..., EspiritMaps]:
+    """`function` with its last `CACHED_MAPS` results kept, keyed by every argument (arrays by
+    content); the maps it returns are made read-only, since callers share them."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def remembered(*args: object, **kwargs: object) -> EspiritMaps:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        key = tuple((name, _fingerprint(value)) for name, value in bound.arguments.items())
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        found = function(*args, **kwargs)
+        for array in (found.maps, found.eigenvalues):
+            array.flags.writeable = False
+        _cache[key] = found
+        while len(_cache) > CACHED_MAPS:
+            _cache.popitem(last=False)
+        return found
+
+    return remembered
+
+
+@_remembered
+@single_threaded_blas()
 def espirit_maps(
     acs: np.ndarray,
     matrix: tuple[int, int],
@@ -210,60 +253,8 @@ def espirit_maps(
 
     `max_sets` = 1 or 2; the second set is kept only where the FOV wraps
     (`SECOND_SET_FRACTION`). Maps are zero where their eigenvalue is below `crop`. The last
-    `CACHED_MAPS` results are kept, keyed by the ACS's bytes and every option.
+    `CACHED_MAPS` results are kept (`_remembered`).
     """
-    acs = np.ascontiguousarray(acs)
-    key = (
-        hashlib.sha256(acs.view(np.uint8)).hexdigest(),
-        acs.shape,
-        str(acs.dtype),
-        (int(matrix[0]), int(matrix[1])),
-        kernel_width,
-        threshold,
-        crop,
-        calibration_width,
-        max_sets,
-        str(device),
-    )
-    if key in _cache:
-        _cache.move_to_end(key)
-        return _cache[key]
-    found = _calibrate(
-        acs,
-        matrix,
-        kernel_width=kernel_width,
-        threshold=threshold,
-        crop=crop,
-        calibration_width=calibration_width,
-        max_sets=max_sets,
-        device=device,
-    )
-    for array in (found.maps, found.eigenvalues):
-        array.flags.writeable = False
-    _cache[key] = found
-    while len(_cache) > CACHED_MAPS:
-        _cache.popitem(last=False)
-    return found
-
-
-@single_threaded_blas()
-def clear_maps_cache() -> None:
-    """Forget every kept calibration (benchmarks time each method from a cold start)."""
-    _cache.clear()
-
-
-def _calibrate(
-    acs: np.ndarray,
-    matrix: tuple[int, int],
-    *,
-    kernel_width: int = DEFAULT_KERNEL_WIDTH,
-    threshold: float = DEFAULT_THRESHOLD,
-    crop: float = DEFAULT_CROP,
-    calibration_width: int | None = DEFAULT_CALIBRATION_WIDTH,
-    max_sets: int = 2,
-    device: torch.device | str = "cpu",
-) -> EspiritMaps:
-    """The calibration behind `espirit_maps`, uncached."""
     if max_sets not in (1, 2):
         raise InvalidScanError(f"ESPIRiT gives one or two map sets, not {max_sets}")
     coils = acs.shape[0]
