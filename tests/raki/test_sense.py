@@ -271,3 +271,16 @@ def test_cs_is_best_on_the_grid_that_matches_how_the_k_space_was_made(finer):
     result = reconstruct_sense(scan)
     assert result.grid == "extended" and result.grid_size == (72, 64)
     assert result.details()["grid_size"] == [72, 64]
+
+
+def test_a_volume_is_its_slices_reconstructed_alone_and_its_facts_in_slice_order():
+    """Slices are solved middle first (auto's test left that slice's maps in the cache): the
+    order must change nothing."""
+    scan = simulate_scan((40, 32), num_coils=6, num_slices=4, snr=20, seed=1).undersampled(3, 12)
+    volume = reconstruct_sense(scan)
+    for index in range(scan.num_slices):
+        alone = reconstruct_sense(scan.replace(kspace=scan.kspace[index : index + 1]))
+        np.testing.assert_array_equal(alone.kspace[0], volume.kspace[index])
+        assert alone.weights[0] == volume.weights[index]
+        assert alone.noise_levels[0] == volume.noise_levels[index]
+    assert len(volume.iterations) == len(volume.map_sets) == scan.num_slices
