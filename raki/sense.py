@@ -233,10 +233,14 @@ def extended_matrix(matrix: tuple[int, int], fraction: float = GRID_EXTENSION) -
     return (extended_size(matrix[0], fraction), extended_size(matrix[1], fraction))
 
 
+def norm(values: torch.Tensor) -> torch.Tensor:
+    """The 2-norm of a complex tensor, over its real and imaginary parts as one real vector
+    (torch's complex vector_norm is 40x slower on CPUs: 1.7 ms against 0.04 ms at 360 x 192)."""
+    return torch.linalg.vector_norm(torch.view_as_real(values))
+
+
 def _relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
-    return float(
-        torch.linalg.vector_norm(new - old) / torch.linalg.vector_norm(new).clamp_min(1e-30)
-    )
+    return float(norm(new - old) / norm(new).clamp_min(1e-30))
 
 
 def cg_sense(
@@ -257,7 +261,7 @@ def cg_sense(
     residual = rhs - (operator.normal(x) + lam * x)
     direction = residual.clone()
     power = torch.vdot(residual.flatten(), residual.flatten()).real
-    target = (tolerance * torch.linalg.vector_norm(rhs)) ** 2
+    target = (tolerance * norm(rhs)) ** 2
     done = 0
     for done in range(1, iterations + 1):
         if power <= target:

@@ -37,6 +37,7 @@ from raki.sense import (
     cg_sense,
     coil_kspace,
     l1_wavelet_sense,
+    norm,
     slice_maps,
     weight_on_grid,
 )
@@ -157,7 +158,7 @@ def kspace_loss(
     predicted = operator.predict(image)
     error = (predicted - measured)[:, mask]
     target = measured[:, mask]
-    l2 = torch.linalg.vector_norm(error) / torch.linalg.vector_norm(target).clamp_min(1e-30)
+    l2 = norm(error) / norm(target).clamp_min(1e-30)
     l1 = error.abs().sum() / target.abs().sum().clamp_min(1e-30)
     return l2 + l1
 

@@ -29,7 +29,7 @@ from raki.sense import (
     soft_threshold,
     weight_on_grid,
 )
-from raki.wavelet import Wavelet2d
+from raki.wavelet import DAUBECHIES, Wavelet2d, level_matrix, possible_levels
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +284,28 @@ def test_a_volume_is_its_slices_reconstructed_alone_and_its_facts_in_slice_order
         assert alone.weights[0] == volume.weights[index]
         assert alone.noise_levels[0] == volume.noise_levels[index]
     assert len(volume.iterations) == len(volume.map_sets) == scan.num_slices
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (20, 12), (63, 64)])
+@pytest.mark.parametrize("name", ["db1", "db2", "db4"])
+def test_the_polyphase_wavelet_is_the_level_matrices(shape, name):
+    """Each level is computed as polyphase sums; the definition is `level_matrix`'s rows."""
+    lowpass = DAUBECHIES[name]
+    image = torch.randn(
+        2, *shape, dtype=torch.complex64, generator=torch.Generator().manual_seed(7)
+    )
+    expected = image.numpy().astype(np.complex128)
+    axis_levels = [possible_levels(n, len(lowpass)) for n in shape]
+    sizes = shape
+    for level in range(max(axis_levels)):
+        nx, ny = sizes
+        block = expected[..., :nx, :ny]
+        if level < axis_levels[0]:
+            block = level_matrix(nx, lowpass) @ block
+        if level < axis_levels[1]:
+            block = block @ level_matrix(ny, lowpass).T
+        expected[..., :nx, :ny] = block
+        sizes = tuple(
+            n // 2 if level < axes else n for n, axes in zip(sizes, axis_levels, strict=True)
+        )
+    np.testing.assert_allclose(Wavelet2d(shape, name).forward(image).numpy(), expected, atol=2e-6)
