@@ -75,7 +75,8 @@ from raki.power_ceiling import limit_line_power
 from raki.sampling import minimum_acs_lines
 from raki.scan import Scan
 from raki.selection import CsSettings, select_method
-from raki.sense import DEFAULT_GRID, DEFAULT_REGULARIZER, reconstruct_sense
+from raki.sense import DEFAULT_REGULARIZER, reconstruct_sense
+from raki.sense_operator import DEFAULT_GRID
 from raki.train import TrainingConfig, check_trainable, train_scan
 from raki.weights import RakiWeights
 from raki.zero_shot import ZeroShotConfig, reconstruct_zero_shot

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from raki.sense import SenseOperator
+from raki.sense_operator import SenseOperator
 
 DEFAULT_UNROLLS = 4
 DEFAULT_FEATURES = 16

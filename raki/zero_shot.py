@@ -32,15 +32,13 @@ from raki.errors import InvalidScanError
 from raki.espirit import DEFAULT_KERNEL_WIDTH, EspiritMaps
 from raki.scan import Scan
 from raki.sense import (
-    SenseOperator,
     automatic_weight,
     cg_sense,
-    coil_kspace,
     l1_wavelet_sense,
-    norm,
     slice_maps,
     weight_on_grid,
 )
+from raki.sense_operator import SenseOperator, coil_kspace, norm
 from raki.unrolled import (
     DEFAULT_BLOCKS,
     DEFAULT_CG_ITERATIONS,

@@ -68,13 +68,8 @@ from raki.methods import reconstruct  # noqa: E402
 from raki.metrics import nmse, ssim  # noqa: E402
 from raki.phantom import simulate_scan  # noqa: E402
 from raki.scan import Scan  # noqa: E402
-from raki.sense import (  # noqa: E402
-    SenseOperator,
-    automatic_weight,
-    coil_kspace,
-    l1_wavelet_sense,
-    reconstruct_sense,
-)
+from raki.sense import automatic_weight, l1_wavelet_sense, reconstruct_sense  # noqa: E402
+from raki.sense_operator import SenseOperator, coil_kspace  # noqa: E402
 
 # (file, R, ACS lines, noise relative to the k-space RMS): the quality grid's cases
 # (scripts/bench/quality.py), and the 16-coil files at R = 4 and 6 with noise added.

@@ -16,12 +16,8 @@ from raki.phantom import coil_sensitivities, simulate_scan
 from raki.sense import (
     L1_WEIGHT_SCALE,
     SOFT_WEIGHT_SCALE,
-    SenseOperator,
     automatic_weight,
     cg_sense,
-    coil_kspace,
-    extended_size,
-    fft2c,
     l1_wavelet_sense,
     p_shrink,
     reconstruct_sense,
@@ -29,6 +25,7 @@ from raki.sense import (
     soft_threshold,
     weight_on_grid,
 )
+from raki.sense_operator import SenseOperator, coil_kspace, extended_size, fft2c
 from raki.wavelet import DAUBECHIES, Wavelet2d, level_matrix, possible_levels
 
 

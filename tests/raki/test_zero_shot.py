@@ -11,7 +11,7 @@ from raki.fft import rss_image
 from raki.methods import METHODS, reconstruct
 from raki.metrics import nmse
 from raki.phantom import simulate_scan
-from raki.sense import SenseOperator
+from raki.sense_operator import SenseOperator
 from raki.unrolled import UnrolledSense
 from raki.zero_shot import ZeroShotConfig, reconstruct_zero_shot, split_samples
 
