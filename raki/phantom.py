@@ -101,6 +101,17 @@ def noise_covariance(num_coils: int, correlation: float) -> np.ndarray:
     return correlation**separation
 
 
+def coil_noise(
+    shape: tuple[int, ...], sigma: float, correlation: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Complex noise [slice, coil, kx, ky] of standard deviation sigma per coil, correlated
+    between neighbouring coils (`noise_covariance`)."""
+    mixing = np.linalg.cholesky(noise_covariance(shape[1], correlation))
+    white = rng.standard_normal((2, *shape))
+    white = (white[0] + 1j * white[1]) * (sigma / np.sqrt(2))
+    return np.einsum("ij,sjxy->sixy", mixing, white)
+
+
 def simulate_scan(
     matrix: tuple[int, int] = (128, 96),
     num_coils: int = 8,
@@ -139,10 +150,7 @@ def simulate_scan(
     if np.isfinite(snr):
         mean_rss = np.sqrt(np.sum(np.abs(images) ** 2, axis=1))[inside].mean()
         sigma = mean_rss / (snr * np.sqrt(num_coils))
-        mixing = np.linalg.cholesky(noise_covariance(num_coils, noise_correlation))
-        white = rng.standard_normal((2, num_slices, num_coils, *matrix))
-        white = (white[0] + 1j * white[1]) * (sigma / np.sqrt(2))
-        kspace += np.einsum("ij,sjxy->sixy", mixing, white)
+        kspace += coil_noise(kspace.shape, sigma, noise_correlation, rng)
     thickness = SLICE_THICKNESS_MM
     positions = tuple(
         (0.0, 0.0, float((i - (num_slices - 1) / 2) * thickness)) for i in range(num_slices)
@@ -186,10 +194,7 @@ def _windowed(
         rss_magnitude = np.sqrt(np.sum(np.abs(images) ** 2, axis=1))
         inside = rss_magnitude > 0.1 * rss_magnitude.max()
         sigma = rss_magnitude[inside].mean() / (snr * np.sqrt(num_coils))
-        mixing = np.linalg.cholesky(noise_covariance(num_coils, noise_correlation))
-        white = rng.standard_normal((2, *kspace.shape))
-        white = (white[0] + 1j * white[1]) * (sigma / np.sqrt(2))
-        kspace = kspace + np.einsum("ij,sjxy->sixy", mixing, white)
+        kspace = kspace + coil_noise(kspace.shape, sigma, noise_correlation, rng)
     slab = fine.geometry.fov_mm[2] if fine.geometry.fov_mm else num_slices * SLICE_THICKNESS_MM
     geometry = replace(fine.geometry, fov_mm=(matrix[0] * PIXEL_MM, matrix[1] * PIXEL_MM, slab))
     return Scan.from_kspace(

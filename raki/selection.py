@@ -20,12 +20,12 @@ from R to 2R (the 16-coil 96x96 file, where GRAPPA wins at R = 3-4, looked 2-5x 
 at 2R); calibrating on the inner half of the ACS only ranked 9 wrong (maps from 10-12 lines are
 much worse than the real ones).
 
-cs is tested on both of its image grids (`raki.sense.grid_matrix`): "extended" past the
+cs is tested on both of its image grids (`raki.sense_operator.grid_matrix`): "extended" past the
 measured k-space, right for a scanner's data (a window of the object's spectrum), and
 "measured", the periodic model, right for k-space made by an FFT of an image (simulations).
 The test's split also holds out the `EDGE_LINES` outermost acquired lines on each side, where
 the two models differ most (the ACS lines alone told the windowed and the periodic 16-coil
-320 x 320 phantoms apart by 1.18x against 1.23x); each grid's errors on the ACS lines and on
+320 x 320 phantoms apart by 1.20x against 1.22x); each grid's errors on the ACS lines and on
 the edge lines give two ratios, and the measured grid runs only where their product favours it
 (`grid_preference`). During development (docs/benchmarks.md, "cs on an extended grid") this
 picked the better grid on all 30 cases tried, shared files, periodic and windowed phantoms.

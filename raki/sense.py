@@ -173,7 +173,7 @@ def l1_wavelet_sense(
     if spins < 1:
         raise ValueError(f"cycle spinning needs at least one grid per iteration, not {spins}")
     _, nx, ny = operator.image_shape
-    transform = Wavelet2d((nx, ny), wavelet, device=kspace.device)
+    transform = Wavelet2d((nx, ny), wavelet)
     details = transform.detail_mask(kspace.device)
     threshold = torch.where(details, lam, 0.0).to(torch.float32)
     rhs = operator.adjoint(kspace)

@@ -104,10 +104,6 @@ class SenseOperator:
         sets, _, nx, ny = self.maps.shape
         return (sets, nx, ny)
 
-    @property
-    def measured_shape(self) -> tuple[int, int]:
-        return self.matrix or tuple(self.maps.shape[-2:])
-
     def _window(self) -> tuple[slice, slice] | None:
         """Where the measured k-space lies in the grid's (centred) k-space; None: everywhere."""
         grid = self.maps.shape[-2:]

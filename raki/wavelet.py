@@ -136,8 +136,8 @@ class Wavelet2d:
     """Orthogonal 2D wavelet transform of complex images [..., x, y] on any device.
 
     The filters are real, so they act on the real and imaginary planes alike (complex
-    arithmetic is several times slower on CPUs). `device` and `dtype` are accepted for
-    callers that pass them; the transform follows its input's. An axis whose length cannot
+    arithmetic is several times slower on CPUs); the transform runs on its input's device and
+    type. An axis whose length cannot
     be halved again (odd, or shorter than two filters) is left as it is at the levels beyond;
     an image that neither axis can halve has no wavelet levels, and then every pixel counts as
     a detail coefficient (the L1 norm of the image itself).
@@ -147,9 +147,6 @@ class Wavelet2d:
         self,
         shape: tuple[int, int],
         name: str = "db2",
-        *,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
     ) -> None:
         if name not in DAUBECHIES:
             raise ValueError(f"unknown wavelet {name!r}; choose one of {', '.join(DAUBECHIES)}")

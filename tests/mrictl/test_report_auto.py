@@ -39,12 +39,13 @@ def test_the_report_shows_the_choice_its_errors_and_its_rule(tmp_path):
     assert "- Rule: held-out ACS lines at R, 0.45 s" in markdown
 
 
-def report_lines(tmp_path, selection) -> list[str]:
-    """The markdown report's lines for a cs run that auto chose with `selection`."""
+def report(tmp_path, method: str = "cs", selection=None):
+    """write_report's (json, markdown) paths for a small run that auto chose with `selection`
+    (None: a named method)."""
     scan = simulate_scan((32, 24), num_coils=4).undersampled(2, 8)
-    _, md_path = write_report(
+    return write_report(
         tmp_path,
-        method="cs",
+        method=method,
         acceleration=2,
         acs_lines=8,
         timings={},
@@ -54,7 +55,11 @@ def report_lines(tmp_path, selection) -> list[str]:
         scan_summary=scan.summary(),
         selection=selection,
     )
-    return md_path.read_text().splitlines()
+
+
+def report_lines(tmp_path, selection) -> list[str]:
+    """The markdown report's lines for a cs run that auto chose with `selection`."""
+    return report(tmp_path, "cs", selection)[1].read_text().splitlines()
 
 
 def test_the_report_shows_the_cs_grid_and_its_held_out_errors(tmp_path):
@@ -79,17 +84,6 @@ def test_the_report_shows_the_cs_grid_and_its_held_out_errors(tmp_path):
 
 
 def test_without_auto_the_report_has_no_choice(tmp_path):
-    scan = simulate_scan((32, 24), num_coils=4).undersampled(2, 8)
-    json_path, md_path = write_report(
-        tmp_path,
-        method="grappa",
-        acceleration=2,
-        acs_lines=8,
-        timings={},
-        metrics=None,
-        comparison=None,
-        strip_png=None,
-        scan_summary=scan.summary(),
-    )
+    json_path, md_path = report(tmp_path, "grappa")
     assert json.loads(json_path.read_text())["selection"] is None
     assert "Chosen by" not in md_path.read_text()
